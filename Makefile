@@ -1,0 +1,33 @@
+# The two commands of the README: `make run` (the main job) and `make test`.
+# Each creates .venv and installs the project into it first, so a fresh machine needs only
+# Python 3.11 and make.
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed-stamp
+PYTHON  ?= python3
+export PATH := $(abspath $(BIN)):$(PATH)
+
+.PHONY: run test lint install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	dvc repro
+	nectargan models
+	@echo "Sample data: data/sample/{train,val,test} (A label map | B facade per file)."
+	@echo "Settings and their meanings: nectargan settings"
+
+lint: $(STAMP)
+	ruff check .
+	ruff format --check .
+
+test: lint
+	python -m pytest
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache

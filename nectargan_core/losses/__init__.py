@@ -1,0 +1,1 @@
+"""Loss terms of the generator and discriminator, and their per-epoch weights."""

@@ -1,0 +1,35 @@
+"""Loss weights per epoch: fixed values, or linear/exponential schedules between two epochs."""
+
+from __future__ import annotations
+
+from nectargan_core.settings import LossSettings, WeightSchedule
+
+LOSS_NAMES = ("gan", "l1", "l2", "sobel", "laplacian", "vgg")
+
+
+def scheduled_weight(schedule: WeightSchedule, epoch: int) -> float:
+    """Weight at 1-based ``epoch``: initial up to start, target from end on, interpolated between."""
+    if epoch <= schedule.start_epoch:
+        return schedule.initial
+    if epoch >= schedule.end_epoch:
+        return schedule.target
+    t = (epoch - schedule.start_epoch) / (schedule.end_epoch - schedule.start_epoch)
+    if schedule.kind == "linear":
+        return schedule.initial + t * (schedule.target - schedule.initial)
+    return schedule.initial * (schedule.target / schedule.initial) ** t
+
+
+def loss_weights(cfg: LossSettings, epoch: int) -> dict[str, float]:
+    """Every loss's weight at ``epoch``; a loss runs that epoch if and only if its weight is > 0."""
+    weights = {name: float(getattr(cfg, name)) for name in LOSS_NAMES}
+    for name, schedule in cfg.schedules.items():
+        weights[name] = scheduled_weight(schedule, epoch)
+    return weights
+
+
+def ever_active(cfg: LossSettings, name: str) -> bool:
+    """Whether ``name`` has a positive weight at some epoch (decides what must be built up front)."""
+    schedule = cfg.schedules.get(name)  # type: ignore[call-overload]
+    if schedule is not None:
+        return max(schedule.initial, schedule.target) > 0
+    return getattr(cfg, name) > 0

@@ -1,0 +1,489 @@
+"""The one typed settings model, loaded from ``params.yaml`` with ``key.sub=value`` overrides.
+
+Every field carries the spec's description so that ``--help`` and the Prefect UI form can show
+it. Loading reports every problem in one error (unknown keys with a suggestion, wrong types,
+out-of-range values, cross-field conflicts) instead of stopping at the first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import difflib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
+
+Probability = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class SettingsError(ValueError):
+    """Raised with every problem found in a params file and its overrides."""
+
+    def __init__(self, source: str, problems: list[str]) -> None:
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(
+            f"{source}: {len(problems)} problem(s) in the settings:\n{lines}\n"
+            "Fix these keys in the params file (or the override) and run again."
+        )
+
+
+class Strict(BaseModel):
+    """Base for every settings group: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
+    low, high = value
+    if low > high:
+        raise ValueError(f"range [{low}, {high}] must be given as [low, high] with low <= high")
+    return value
+
+
+def _positive_range(value: tuple[float, float]) -> tuple[float, float]:
+    if _ordered_range(value)[0] <= 0:
+        raise ValueError("values must be > 0")
+    return value
+
+
+def _non_negative_range(value: tuple[float, float]) -> tuple[float, float]:
+    if _ordered_range(value)[0] < 0:
+        raise ValueError("values must be >= 0")
+    return value
+
+
+# ---------------------------------------------------------------- augmentations (SPEC 3)
+
+
+class FlipAug(Strict):
+    p: Probability = Field(0.0, description="Probability of applying the flip.")
+
+
+class Rot90Aug(Strict):
+    p: Probability = Field(0.0, description="Probability of rotating by a random multiple of 90 degrees.")
+
+
+class ElasticAug(Strict):
+    p: Probability = Field(0.0, description="Probability of an elastic deformation.")
+    alpha: float = Field(50.0, gt=0, description="Magnitude of the elastic displacement, in pixels.")
+    sigma: float = Field(5.0, gt=0, description="Smoothness (Gaussian sigma) of the displacement field.")
+
+
+class OpticalDistortionAug(Strict):
+    p: Probability = Field(0.0, description="Probability of an optical (lens) distortion.")
+    distort_range: tuple[float, float] = Field(
+        (-0.3, 0.3), description="Range of the radial distortion coefficient k, sampled uniformly."
+    )
+    mode: Literal["camera", "fisheye"] = Field(
+        "camera", description="Lens model: camera (r' = r(1 + k r^2)) or fisheye (r' = r(1 + k r))."
+    )
+
+    _order = field_validator("distort_range")(_ordered_range)
+
+
+class CoarseDropoutAug(Strict):
+    p: Probability = Field(0.0, description="Probability of cutting rectangular holes.")
+    holes: tuple[int, int] = Field((1, 4), description="Range of the number of holes, inclusive.")
+    size_range: tuple[float, float] = Field(
+        (0.05, 0.2), description="Range of each hole's side as a fraction of the image side."
+    )
+
+    _order = field_validator("holes")(_positive_range)
+
+    @field_validator("size_range")
+    @classmethod
+    def _fraction(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if _positive_range(value)[1] > 1:
+            raise ValueError("hole sides are fractions of the image side: within (0, 1]")
+        return value
+
+
+class JointAugmentations(Strict):
+    """Applied with the same random parameters to input and target."""
+
+    hflip: FlipAug = Field(FlipAug(p=0.5), description="Horizontal flip of both images.")
+    vflip: FlipAug = Field(FlipAug(), description="Vertical flip of both images.")
+    rot90: Rot90Aug = Field(Rot90Aug(), description="Rotation by 90, 180 or 270 degrees of both images.")
+    elastic: ElasticAug = Field(ElasticAug(), description="Elastic deformation of both images.")
+    optical_distortion: OpticalDistortionAug = Field(
+        OpticalDistortionAug(), description="Lens distortion of both images."
+    )
+    coarse_dropout: CoarseDropoutAug = Field(
+        CoarseDropoutAug(), description="Rectangular holes at the same places in both images."
+    )
+
+
+class ColorJitterAug(Strict):
+    kind: Literal["color_jitter"] = "color_jitter"
+    p: Probability = Field(0.0, description="Probability of a colour jitter.")
+    brightness: tuple[float, float] | None = Field(
+        (0.8, 1.2), description="Brightness factor range; null leaves brightness alone."
+    )
+    contrast: tuple[float, float] | None = Field(None, description="Contrast factor range, or null.")
+    saturation: tuple[float, float] | None = Field(None, description="Saturation factor range, or null.")
+    hue: tuple[float, float] | None = Field(None, description="Hue shift range within [-0.5, 0.5], or null.")
+
+    @field_validator("brightness", "contrast", "saturation", "hue")
+    @classmethod
+    def _check(cls, value: tuple[float, float] | None, info: ValidationInfo) -> tuple[float, float] | None:
+        if value is None:
+            return None
+        low, high = _ordered_range(value)
+        if info.field_name == "hue" and (low < -0.5 or high > 0.5):
+            raise ValueError("hue shifts must lie within [-0.5, 0.5]")
+        if info.field_name != "hue" and low < 0:
+            raise ValueError(f"{info.field_name} factors must be >= 0")
+        return value
+
+
+class GaussianNoiseAug(Strict):
+    kind: Literal["gaussian_noise"] = "gaussian_noise"
+    p: Probability = Field(0.0, description="Probability of adding Gaussian noise.")
+    std_range: tuple[float, float] = Field(
+        (0.01, 0.05), description="Range of the noise standard deviation on [0, 1] pixel values."
+    )
+
+    _order = field_validator("std_range")(_non_negative_range)
+
+
+class MotionBlurAug(Strict):
+    kind: Literal["motion_blur"] = "motion_blur"
+    p: Probability = Field(0.0, description="Probability of a linear motion blur.")
+    kernel_limit: int = Field(7, ge=3, description="Largest blur kernel size (odd sizes from 3 up to this).")
+
+
+class GammaAug(Strict):
+    kind: Literal["gamma"] = "gamma"
+    p: Probability = Field(0.0, description="Probability of a gamma change.")
+    gamma_range: tuple[float, float] = Field((0.8, 1.2), description="Range of the gamma exponent.")
+
+    _order = field_validator("gamma_range")(_positive_range)
+
+
+class GrayscaleAug(Strict):
+    kind: Literal["grayscale"] = "grayscale"
+    p: Probability = Field(0.0, description="Probability of turning the image grey (channels are kept).")
+    method: Literal["weighted", "average"] = Field(
+        "weighted", description="weighted: ITU-R 601 luma; average: plain channel mean."
+    )
+
+
+class CompressionAug(Strict):
+    kind: Literal["compression"] = "compression"
+    p: Probability = Field(0.0, description="Probability of a lossy re-encoding.")
+    format: Literal["jpeg", "webp"] = Field("jpeg", description="Codec used for the re-encoding.")
+    quality_range: tuple[int, int] = Field((50, 95), description="Range of the encoder quality (1-100).")
+
+    _order = field_validator("quality_range")(_ordered_range)
+
+    @field_validator("quality_range")
+    @classmethod
+    def _quality(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] < 1 or value[1] > 100:
+            raise ValueError("quality must lie within 1..100")
+        return value
+
+
+PixelAugmentation = Annotated[
+    ColorJitterAug | GaussianNoiseAug | MotionBlurAug | GammaAug | GrayscaleAug | CompressionAug,
+    Field(discriminator="kind"),
+]
+
+
+class InputAugmentations(Strict):
+    """Applied to the input image only, after the joint augmentations."""
+
+    color_jitter: ColorJitterAug = Field(ColorJitterAug(), description="Colour jitter of the input.")
+    gaussian_noise: GaussianNoiseAug = Field(GaussianNoiseAug(), description="Gaussian noise on the input.")
+    motion_blur: MotionBlurAug = Field(MotionBlurAug(), description="Motion blur of the input.")
+    gamma: GammaAug = Field(GammaAug(), description="Gamma change of the input.")
+    grayscale: GrayscaleAug = Field(GrayscaleAug(), description="Grey conversion of the input.")
+    compression: CompressionAug = Field(CompressionAug(), description="JPEG/WebP artefacts on the input.")
+
+
+class Augmentations(Strict):
+    joint: JointAugmentations = Field(JointAugmentations(), description="Same random parameters on both images.")
+    input: InputAugmentations = Field(InputAugmentations(), description="Input image only.")
+    target: list[PixelAugmentation] = Field(
+        default_factory=list,
+        description="Target image only: a list of pixel augmentations, each with a `kind` "
+        "(color_jitter, gaussian_noise, motion_blur, gamma, grayscale, compression). Empty by default.",
+    )
+
+
+# ---------------------------------------------------------------- data (SPEC 3)
+
+
+class DataSettings(Strict):
+    root: Path = Field(Path("data/sample"), description="Dataset root holding train/, val/ and optional test/.")
+    layout: Literal["auto", "aligned", "folders"] = Field(
+        "auto",
+        description="aligned: each file is A left | B right; folders: SPLIT/A and SPLIT/B matched by "
+        "file name; auto: folders when SPLIT/A exists, aligned otherwise.",
+    )
+    direction: Literal["AtoB", "BtoA"] = Field("AtoB", description="AtoB: A is the input and B the target.")
+    input_channels: Literal[1, 3] = Field(3, description="Channels of the input image (1 = L, 3 = RGB).")
+    output_channels: Literal[1, 3] = Field(3, description="Channels of the target/generated image.")
+    load_size: int = Field(286, ge=8, description="Train images are resized (bicubic) to this square size.")
+    crop_size: int = Field(256, ge=8, description="Random crop size for training; val/test images are resized to it.")
+    batch_size: int = Field(1, ge=1, description="Images per training step.")
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process).")
+    augment: Augmentations = Field(Augmentations(), description="Training augmentations.")
+
+
+# ---------------------------------------------------------------- models (SPEC 4)
+
+Norm = Literal["instance", "batch", "none"]
+
+
+class GeneratorSettings(Strict):
+    features: int = Field(64, ge=1, description="Channels of the first layer (doubles per level up to the cap).")
+    n_downs: int = Field(
+        6,
+        ge=0,
+        description="Down layers between the first layer and the 1x1 bottleneck (6 = pix2pix unet_256 "
+        "depth). The crop must be a multiple of 2^(n_downs + 2).",
+    )
+    channel_cap: int = Field(8, ge=1, description="Channel cap as a multiple of features.")
+    block: Literal["plain", "residual"] = Field("plain", description="UNet block type.")
+    upsample: Literal["transposed", "bilinear"] = Field(
+        "transposed", description="transposed: 4x4 transposed conv; bilinear: bilinear x2 + 3x3 conv."
+    )
+    norm: Norm = Field("instance", description="Normalisation layer (instance has no affine parameters).")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout rate in the deepest up blocks, training only.")
+    dropout_blocks: int = Field(3, ge=0, description="How many of the deepest up blocks use dropout.")
+
+
+class DiscriminatorSettings(Strict):
+    features: int = Field(64, ge=1, description="Channels of the first layer.")
+    n_layers: int = Field(
+        3,
+        ge=1,
+        description="Stride-2 layers after the first: 3 is the classic 70x70 PatchGAN (the reference "
+        "toolbox calls this n_layers 4).",
+    )
+    norm: Norm = Field("instance", description="Normalisation layer.")
+
+
+class ModelSettings(Strict):
+    generator: GeneratorSettings = Field(GeneratorSettings(), description="UNet generator.")
+    discriminator: DiscriminatorSettings = Field(DiscriminatorSettings(), description="PatchGAN discriminator.")
+
+
+# ---------------------------------------------------------------- schedules and losses (SPEC 2)
+
+
+class LRSchedule(Strict):
+    epochs: int = Field(100, ge=0, description="Epochs at the initial learning rate.")
+    epochs_decay: int = Field(100, ge=0, description="Epochs over which the LR moves linearly from initial to target.")
+    initial: float = Field(2e-4, ge=0.0, description="Initial learning rate.")
+    target: float = Field(0.0, ge=0.0, description="Learning rate reached at the end of the decay.")
+    beta1: float = Field(0.5, ge=0.0, lt=1.0, description="Adam beta1 (beta2 is 0.999).")
+
+
+class WeightSchedule(Strict):
+    kind: Literal["linear", "exponential"] = Field(
+        "linear", description="linear interpolation, or exponential (geometric; both weights must be > 0)."
+    )
+    initial: float = Field(ge=0.0, description="Weight up to and at the start epoch.")
+    target: float = Field(ge=0.0, description="Weight at and after the end epoch.")
+    start_epoch: int = Field(ge=1, description="First epoch of the change (1-based).")
+    end_epoch: int = Field(ge=1, description="Epoch at which the target is reached.")
+
+
+class LossSettings(Strict):
+    gan_mode: Literal["vanilla", "lsgan"] = Field(
+        "vanilla", description="vanilla: BCE-with-logits (non-saturating); lsgan: MSE against 1/0."
+    )
+    gan: float = Field(1.0, ge=0.0, description="Weight of the adversarial term of G.")
+    l1: float = Field(100.0, ge=0.0, description="Weight of mean |G(x) - y|.")
+    l2: float = Field(0.0, ge=0.0, description="Weight of mean (G(x) - y)^2.")
+    sobel: float = Field(0.0, ge=0.0, description="Weight of the L1 distance of Sobel gradient magnitudes.")
+    laplacian: float = Field(0.0, ge=0.0, description="Weight of the L1 distance of Laplacian responses.")
+    vgg: float = Field(0.0, ge=0.0, description="Weight of the VGG19 perceptual L1 (relu1_2, relu2_2, relu3_3).")
+    vgg_normalize: Literal["imagenet", "raw"] = Field(
+        "imagenet", description="imagenet: map [-1, 1] to ImageNet normalisation before VGG; raw: feed as is."
+    )
+    vgg_weights: Path | None = Field(
+        None, description="Local VGG19 ImageNet weights file; when null the torch hub cache is used."
+    )
+    schedules: dict[Literal["gan", "l1", "l2", "sobel", "laplacian", "vgg"], WeightSchedule] = Field(
+        default_factory=dict,
+        description="Optional per-loss weight schedules by loss name; a scheduled loss ignores its fixed weight.",
+    )
+
+
+class LoggingSettings(Strict):
+    log_losses: bool = Field(True, description="Cache per-iteration loss values and write them to the loss log.")
+    dump_frequency: int = Field(5, ge=1, description="Every how many epochs the cache is appended to the loss log.")
+
+
+class TrainSettings(Strict):
+    continue_train: bool = Field(False, description="Continue from an earlier set of checkpoints.")
+    load_epoch: int | Literal["latest"] = Field("latest", description="Epoch checkpoint to load when continuing.")
+    continue_from: str | None = Field(
+        None,
+        description="A registered checkpoint (models:/NAME@ALIAS or models:/NAME/VERSION) or a local "
+        "checkpoint path to continue from.",
+    )
+    generator: LRSchedule = Field(LRSchedule(), description="Generator learning-rate schedule.")
+    discriminator: LRSchedule = Field(LRSchedule(), description="Discriminator learning-rate schedule.")
+    separate_schedules: bool = Field(
+        False,
+        description="When false the discriminator uses the generator's epochs, epochs_decay, initial and "
+        "target (its beta1 stays its own).",
+    )
+    loss: LossSettings = Field(LossSettings(), description="Loss weights.")
+
+    @field_validator("load_epoch")
+    @classmethod
+    def _positive_epoch(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("load_epoch must be a 1-based epoch number or 'latest'")
+        return value
+
+    @property
+    def total_epochs(self) -> int:
+        return self.generator.epochs + self.generator.epochs_decay
+
+    @property
+    def discriminator_schedule(self) -> LRSchedule:
+        """The schedule D really follows, honouring ``separate_schedules``."""
+        if self.separate_schedules:
+            return self.discriminator
+        return self.generator.model_copy(update={"beta1": self.discriminator.beta1})
+
+
+class Settings(Strict):
+    seed: int = Field(0, ge=0, description="Seed for every random number generator.")
+    data: DataSettings = Field(DataSettings(), description="Dataset and preprocessing.")
+    model: ModelSettings = Field(ModelSettings(), description="Generator and discriminator.")
+    train: TrainSettings = Field(TrainSettings(), description="Schedules, losses and continue training.")
+    logging: LoggingSettings = Field(LoggingSettings(), description="Loss logging.")
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _cross_field_problems(settings: Settings) -> list[str]:
+    """Checks that involve several keys and so cannot live on one field."""
+    problems = []
+    data, gen = settings.data, settings.model.generator
+    if data.crop_size > data.load_size:
+        problems.append(
+            f"data.crop_size ({data.crop_size}) is larger than data.load_size ({data.load_size}); "
+            "make load_size >= crop_size"
+        )
+    multiple = 2 ** (gen.n_downs + 2)
+    if data.crop_size % multiple:
+        problems.append(
+            f"data.crop_size ({data.crop_size}) must be a multiple of {multiple} for "
+            f"model.generator.n_downs={gen.n_downs} (2^(n_downs+2)); lower n_downs or change the crop"
+        )
+    min_side = 3 * 2**settings.model.discriminator.n_layers
+    if data.crop_size < min_side:
+        problems.append(
+            f"data.crop_size ({data.crop_size}) is too small for model.discriminator.n_layers="
+            f"{settings.model.discriminator.n_layers}: the PatchGAN needs at least {min_side}; lower n_layers"
+        )
+    if gen.dropout_blocks > gen.n_downs + 1:
+        problems.append(
+            f"model.generator.dropout_blocks ({gen.dropout_blocks}) exceeds the {gen.n_downs + 1} "
+            "up blocks that can hold dropout"
+        )
+    for name, sched in settings.train.loss.schedules.items():
+        key = f"train.loss.schedules.{name}"
+        if sched.end_epoch < sched.start_epoch:
+            problems.append(f"{key}.end_epoch ({sched.end_epoch}) is before start_epoch ({sched.start_epoch})")
+        if sched.kind == "exponential" and (sched.initial <= 0 or sched.target <= 0):
+            problems.append(f"{key}: an exponential schedule needs initial > 0 and target > 0")
+    if settings.train.total_epochs < 1:
+        problems.append("train.generator.epochs + train.generator.epochs_decay must be at least 1")
+    return problems
+
+
+def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the model reached by following ``loc`` from Settings (for suggestions)."""
+    model: Any = Settings
+    for part in loc:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        model = field.annotation
+    return list(getattr(model, "model_fields", {}))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(error["loc"])
+    key = ".".join(str(p) for p in loc)
+    if error["type"] == "extra_forbidden":
+        allowed = _allowed_keys(loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
+        hint = f" did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+        return f"{key}: unknown key.{hint} Known keys here: {', '.join(allowed)}"
+    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+
+
+def _apply_override(tree: dict[str, Any], override: str) -> None:
+    if "=" not in override:
+        raise SettingsError(override, [f"override '{override}' must look like key.sub=value"])
+    dotted, raw = override.split("=", 1)
+    node = tree
+    parts = dotted.strip().split(".")
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(override, [f"{dotted}: '{part}' is a value, not a group of settings"])
+        node = child
+    node[parts[-1]] = yaml.safe_load(raw)
+
+
+def _drop(tree: Any, loc: tuple[Any, ...]) -> None:
+    """Remove the deepest existing key along ``loc`` (so that its default applies)."""
+    for depth in range(len(loc), 0, -1):
+        node = tree
+        for part in loc[: depth - 1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict) and loc[depth - 1] in node:
+            del node[loc[depth - 1]]
+            return
+
+
+def settings_from_dict(tree: dict[str, Any], source: str = "<settings>") -> Settings:
+    """Validate a nested dict; raise SettingsError listing every problem."""
+    try:
+        settings = Settings.model_validate(tree)
+    except ValidationError as exc:
+        problems = [_describe(e) for e in exc.errors()]
+        # Report cross-field conflicts too: validate again with the bad keys at their defaults.
+        pruned = copy.deepcopy(tree)
+        for error in exc.errors():
+            _drop(pruned, tuple(error["loc"]))
+        with contextlib.suppress(ValidationError):
+            problems += _cross_field_problems(Settings.model_validate(pruned))
+        raise SettingsError(source, problems) from None
+    problems = _cross_field_problems(settings)
+    if problems:
+        raise SettingsError(source, problems)
+    return settings
+
+
+def load_settings(path: Path | str = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Settings:
+    """Read ``path`` (a YAML params file), apply ``key.sub=value`` overrides and validate."""
+    path = Path(path)
+    if not path.is_file():
+        raise SettingsError(str(path), ["the params file does not exist; pass --params PATH or create it"])
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(str(path), [f"not valid YAML: {exc}"]) from None
+    if not isinstance(tree, dict):
+        raise SettingsError(str(path), ["the top level must be a mapping of setting groups"])
+    for override in overrides:
+        _apply_override(tree, override)
+    return settings_from_dict(tree, str(path))

@@ -1,0 +1,1 @@
+"""Training schedules (and, in later issues, the training loop)."""

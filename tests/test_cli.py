@@ -1,0 +1,54 @@
+import subprocess
+import sys
+from pathlib import Path
+
+from nectargan_core.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_settings_lists_every_key_with_its_description(capsys):
+    assert main(["settings", "--params", str(ROOT / "params.yaml"), "-s", "train.loss.l1=42"]) == 0
+    out = capsys.readouterr().out
+    line = next(row for row in out.splitlines() if row.startswith("train.loss.l1 "))
+    assert "42.0" in line and "Weight of mean |G(x) - y|" in line
+    assert "data.augment.input.compression.quality_range" in out
+
+
+def test_bad_settings_exit_2_with_every_problem(capsys):
+    code = main(["settings", "--params", str(ROOT / "params.yaml"), "-s", "train.loss.l11=1", "-s", "seed=-1"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "did you mean 'train.loss.l1'" in err and "seed:" in err
+
+
+def test_sample_data_command(tmp_path, capsys):
+    assert main(["sample-data", "--out", str(tmp_path / "d"), "--size", "32", "--seed", "1"]) == 0
+    assert "200 train" in capsys.readouterr().out
+    assert len(list((tmp_path / "d" / "val").glob("*.png"))) == 16
+
+
+def test_console_script_prints_model_sizes():
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "nectargan_core.cli",
+            "models",
+            "-s",
+            "model.generator.features=64",
+            "-s",
+            "model.generator.n_downs=6",
+            "-s",
+            "model.discriminator.features=64",
+            "-s",
+            "data.load_size=286",
+            "-s",
+            "data.crop_size=256",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "54,404,675" in result.stdout and "2,766,913" in result.stdout
