@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,6 +64,19 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from nectargan_core.training.callbacks import ConsoleReporter
+    from nectargan_core.training.trainer import train
+
+    settings = load_settings(args.params, args.overrides)
+    result = train(settings, [ConsoleReporter()])
+    print(
+        f"trained epochs {result.start_epoch}..{result.last_epoch}; last checkpoint {result.checkpoint}; "
+        f"outputs in {result.output_dir}/ (checkpoints/, examples/, loss_log.csv, epochs.csv, summary.json)"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nectargan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -75,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(p)
     p.set_defaults(func=_cmd_models)
 
+    p = sub.add_parser("train", help="train (or continue, with train.continue_train) as params.yaml says")
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_train)
+
     p = sub.add_parser("sample-data", help="generate the bundled procedural facades dataset (no download)")
     p.add_argument("--out", type=Path, default=Path("data/sample"), help="dataset root (default: %(default)s)")
     p.add_argument("--size", type=int, default=128, help="side of each half image in pixels (default: %(default)s)")
@@ -85,11 +103,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (SettingsError, FileNotFoundError, ValueError) as exc:
+    except (SettingsError, FileNotFoundError, ValueError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted: cached losses were written; continue with -s train.continue_train=true", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -321,6 +321,9 @@ class LossSettings(Strict):
 class LoggingSettings(Strict):
     log_losses: bool = Field(True, description="Cache per-iteration loss values and write them to the loss log.")
     dump_frequency: int = Field(5, ge=1, description="Every how many epochs the cache is appended to the loss log.")
+    progress_every: int = Field(
+        20, ge=1, description="Steps between live-loss reads for the progress bar (each read syncs with the device)."
+    )
 
 
 class TrainSettings(Strict):
@@ -339,6 +342,20 @@ class TrainSettings(Strict):
         "target (its beta1 stays its own).",
     )
     loss: LossSettings = Field(LossSettings(), description="Loss weights.")
+    output_dir: Path = Field(
+        Path("outputs/train"), description="Where checkpoints/, examples/, the loss log and epoch table are written."
+    )
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="bf16: bfloat16 autocast; auto: bf16 on CUDA, fp32 on CPU."
+    )
+    channels_last: bool = Field(False, description="Run the networks in channels_last memory format.")
+    checkpoint_every: int = Field(5, ge=1, description="Full checkpoint every N epochs (the last epoch always).")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="How many of the newest checkpoints stay on disk; older ones are deleted."
+    )
+    examples_every: int = Field(1, ge=1, description="Save example strips every N epochs (and at the last).")
+    num_examples: int = Field(4, ge=0, description="Fixed validation samples shown as input | generated | target.")
 
     @field_validator("load_epoch")
     @classmethod
@@ -402,6 +419,11 @@ def _cross_field_problems(settings: Settings) -> list[str]:
             problems.append(f"{key}.end_epoch ({sched.end_epoch}) is before start_epoch ({sched.start_epoch})")
         if sched.kind == "exponential" and (sched.initial <= 0 or sched.target <= 0):
             problems.append(f"{key}: an exponential schedule needs initial > 0 and target > 0")
+    if settings.train.continue_from and not settings.train.continue_train:
+        problems.append(
+            "train.continue_from is set but train.continue_train is false; set continue_train: true to continue "
+            "(checkpoints are never picked up silently)"
+        )
     if settings.train.total_epochs < 1:
         problems.append("train.generator.epochs + train.generator.epochs_decay must be at least 1")
     return problems

@@ -1,0 +1,99 @@
+"""How the trainer reports progress: a small observer interface, plus the console reporter.
+
+The trainer knows nothing of MLflow or Prefect; they attach here.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm import tqdm
+
+
+@dataclass(frozen=True)
+class EpochSummary:
+    epoch: int
+    total_epochs: int
+    seconds: float
+    images_per_s: float
+    lr_g: float
+    lr_d: float
+    loss_d: float
+    loss_g: float
+    losses: dict[str, float] = field(default_factory=dict)  # active terms, unweighted means
+    weights: dict[str, float] = field(default_factory=dict)  # every term's weight this epoch
+
+    def as_row(self) -> dict[str, object]:
+        row: dict[str, object] = {
+            "epoch": self.epoch,
+            "seconds": round(self.seconds, 4),
+            "images_per_s": round(self.images_per_s, 3),
+            "lr_g": self.lr_g,
+            "lr_d": self.lr_d,
+            "loss_d": self.loss_d,
+            "loss_g": self.loss_g,
+        }
+        for name, weight in self.weights.items():
+            row[f"{name}_weight"] = weight
+        for name, value in self.losses.items():
+            row[name] = value
+            row[f"{name}_weighted"] = value * self.weights[name]
+        return row
+
+
+class TrainingCallback:
+    """Override what you need; every hook is a no-op by default."""
+
+    def on_train_start(self, start_epoch: int, total_epochs: int, changed: list[str]) -> None: ...
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None: ...
+
+    def on_progress(self, epoch: int, step: int, live: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, summary: EpochSummary) -> None: ...
+
+    def on_examples(self, epoch: int, paths: list[Path]) -> None: ...
+
+    def on_checkpoint(self, epoch: int, path: Path) -> None: ...
+
+    def on_train_end(self, last_epoch: int, checkpoint: Path | None) -> None: ...
+
+
+class ConsoleReporter(TrainingCallback):
+    """A progress bar per epoch with live losses, and one line per finished epoch."""
+
+    def __init__(self, stream=None) -> None:
+        self.stream = stream or sys.stderr
+        self._bar: tqdm | None = None
+
+    def on_train_start(self, start_epoch: int, total_epochs: int, changed: list[str]) -> None:
+        if start_epoch > 1:
+            print(f"continuing at epoch {start_epoch} of {total_epochs}", file=self.stream)
+        for line in changed:
+            print(f"  changed since the checkpoint: {line}", file=self.stream)
+
+    def on_epoch_start(self, epoch: int, steps: int) -> None:
+        self._bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, file=self.stream, dynamic_ncols=True)
+
+    def on_progress(self, epoch: int, step: int, live: dict[str, float]) -> None:
+        if self._bar is not None:
+            self._bar.n = step
+            self._bar.set_postfix({k: f"{v:.3f}" for k, v in live.items()}, refresh=True)
+
+    def on_epoch_end(self, summary: EpochSummary) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+        losses = "  ".join(f"{name} {value:.4f}" for name, value in summary.losses.items())
+        print(
+            f"epoch {summary.epoch}/{summary.total_epochs}  {summary.seconds:.1f}s  "
+            f"{summary.images_per_s:.1f} img/s  lr G {summary.lr_g:.3g} D {summary.lr_d:.3g}  "
+            f"D {summary.loss_d:.4f}  G {summary.loss_g:.4f}  {losses}",
+            file=self.stream,
+            flush=True,
+        )
+
+    def on_checkpoint(self, epoch: int, path: Path) -> None:
+        print(f"  checkpoint {path}", file=self.stream)

@@ -1,0 +1,82 @@
+"""Append-only records of a run: the per-iteration loss log and the per-epoch table.
+
+Both are CSV files with a fixed header, so appending is O(new rows) and a continued run can add
+to them even when it activates other losses. The loss log is long-format (one row per loss per
+iteration); the epoch table has one row per epoch, which DVC can plot.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from nectargan_core.losses.weights import LOSS_NAMES
+
+LOSS_LOG_COLUMNS = ("epoch", "iteration", "loss", "value", "weight", "weighted")
+EPOCH_COLUMNS = (
+    "epoch",
+    "seconds",
+    "images_per_s",
+    "lr_g",
+    "lr_d",
+    "loss_d",
+    "loss_g",
+    *LOSS_NAMES,
+    *(f"{name}_weighted" for name in LOSS_NAMES),
+    *(f"{name}_weight" for name in LOSS_NAMES),
+)
+
+
+def _append(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+    new = not path.exists() or path.stat().st_size == 0
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a", newline="") as handle:
+        writer = csv.writer(handle)
+        if new:
+            writer.writerow(columns)
+        writer.writerows(rows)
+
+
+def truncate_after(path: Path, epoch: int) -> None:
+    """Drop rows of epochs after ``epoch`` (a continued run replaces them); one rewrite at start."""
+    if not path.exists():
+        return
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows:
+        return
+    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= epoch]
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows(kept)
+
+
+@dataclass
+class LossLog:
+    """Caches per-iteration loss rows in memory and appends them to ``path`` on ``flush``."""
+
+    path: Path
+    _pending: list[tuple[object, ...]] = field(default_factory=list)
+
+    def add_epoch(
+        self, epoch: int, names: Sequence[str], weights: Sequence[float], values: Sequence[Sequence[float]]
+    ) -> None:
+        """``values[i][j]`` is loss ``names[j]`` (unweighted) at iteration ``i + 1`` of ``epoch``."""
+        for iteration, row in enumerate(values, start=1):
+            for name, weight, value in zip(names, weights, row, strict=True):
+                self._pending.append((epoch, iteration, name, value, weight, value * weight))
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def flush(self) -> None:
+        if self._pending:
+            _append(self.path, LOSS_LOG_COLUMNS, self._pending)
+            self._pending.clear()
+
+
+def append_epoch_row(path: Path, row: dict[str, object]) -> None:
+    """One row of the epoch table; losses that did not run that epoch stay empty."""
+    _append(path, EPOCH_COLUMNS, [[row.get(column, "") for column in EPOCH_COLUMNS]])

@@ -1,0 +1,131 @@
+"""One pix2pix optimisation step: D first, then G against the updated D, with one G forward.
+
+Kept apart from the epoch loop so that the benchmark times exactly what training runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+import torch
+
+from nectargan_core.losses.gan import discriminator_loss
+from nectargan_core.losses.objective import GeneratorObjective
+from nectargan_core.losses.perceptual import VGGPerceptualLoss, load_vgg19_features, vgg19_weights_file
+from nectargan_core.losses.weights import LOSS_NAMES, ever_active, loss_weights
+from nectargan_core.models import build_discriminator, build_generator
+from nectargan_core.settings import Settings, TrainSettings
+from nectargan_core.training.schedule import apply_learning_rate
+
+BETA2 = 0.999
+
+
+def resolve_device(cfg: TrainSettings) -> torch.device:
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def autocast_dtype(cfg: TrainSettings, device: torch.device) -> torch.dtype | None:
+    """bf16 autocast, or None for plain fp32 ('auto' = bf16 on CUDA only)."""
+    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
+        return torch.bfloat16
+    return None
+
+
+def _build_vgg(settings: Settings) -> VGGPerceptualLoss | None:
+    """Loaded up front so a missing weights file fails before the first step."""
+    loss = settings.train.loss
+    if not ever_active(loss, "vgg"):
+        return None
+    features = load_vgg19_features(vgg19_weights_file(loss.vgg_weights))
+    return VGGPerceptualLoss(features, imagenet_normalize=loss.vgg_normalize == "imagenet")
+
+
+class GANStep:
+    """Holds G, D, their optimisers and the objective; ``__call__`` runs one step on a batch."""
+
+    def __init__(self, settings: Settings, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+        cfg = settings.train
+        self.settings = settings
+        self.device = device
+        self.amp_dtype = amp_dtype
+        self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        self.generator = build_generator(settings).to(device, memory_format=self.memory_format)
+        self.discriminator = build_discriminator(settings).to(device, memory_format=self.memory_format)
+        fused = device.type == "cuda"
+        self.opt_g = torch.optim.Adam(
+            self.generator.parameters(), lr=cfg.generator.initial, betas=(cfg.generator.beta1, BETA2), fused=fused
+        )
+        d_sched = cfg.discriminator_schedule
+        self.opt_d = torch.optim.Adam(
+            self.discriminator.parameters(), lr=d_sched.initial, betas=(d_sched.beta1, BETA2), fused=fused
+        )
+        vgg = _build_vgg(settings)
+        self.objective = GeneratorObjective(cfg.loss, vgg.to(device) if vgg is not None else None)
+        self.gan_mode = cfg.loss.gan_mode
+        self.weights: dict[str, float] = {}
+        self.active: list[str] = []
+        self.set_epoch(1)
+
+    @property
+    def value_names(self) -> list[str]:
+        """Names of the values ``__call__`` returns, in order."""
+        return ["D", "G", *self.active]
+
+    def set_epoch(self, epoch: int) -> tuple[float, float]:
+        """Apply the LR schedules and loss weights of ``epoch``; returns (lr_g, lr_d)."""
+        cfg = self.settings.train
+        lr_g = apply_learning_rate(self.opt_g, cfg.generator, epoch)
+        lr_d = apply_learning_rate(self.opt_d, cfg.discriminator_schedule, epoch)
+        self.weights = loss_weights(cfg.loss, epoch)
+        self.active = [name for name in LOSS_NAMES if self.weights[name] > 0]
+        return lr_g, lr_d
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """One step; returns the detached losses (D, G total, active terms) on the device, unsynced."""
+        with self.autocast():
+            fake = self.generator(x)
+
+        self.discriminator.requires_grad_(True)
+        self.opt_d.zero_grad(set_to_none=True)
+        with self.autocast():
+            loss_d = discriminator_loss(self.discriminator(x, y), self.discriminator(x, fake.detach()), self.gan_mode)
+        loss_d.backward()
+        self.opt_d.step()
+
+        self.discriminator.requires_grad_(False)  # G's backward needs no D parameter grads
+        self.opt_g.zero_grad(set_to_none=True)
+        with self.autocast():
+            logits = self.discriminator(x, fake) if self.weights["gan"] > 0 else None
+            total, terms = self.objective(fake, y, self.weights, logits)
+        total.backward()
+        self.opt_g.step()
+        return torch.stack([loss_d.detach(), total.detach(), *(terms[n].detach() for n in self.active)]).float()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore networks and optimiser moments; betas follow the current settings."""
+        self.generator.load_state_dict(state["generator"])
+        self.discriminator.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        cfg = self.settings.train
+        for opt, beta1 in ((self.opt_g, cfg.generator.beta1), (self.opt_d, cfg.discriminator.beta1)):
+            for group in opt.param_groups:
+                group["betas"] = (beta1, BETA2)

@@ -1,0 +1,258 @@
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nectargan_core.cli import main
+from nectargan_core.settings import settings_from_dict
+from nectargan_core.training.callbacks import TrainingCallback
+from nectargan_core.training.checkpoint import CheckpointError, load_checkpoint
+from nectargan_core.training.records import LossLog
+from nectargan_core.training.trainer import NonFiniteLossError, train
+
+LOSS_COLUMNS = ("loss_d", "loss_g", "gan", "l1", "sobel")
+
+
+def tiny(root, out, **train_overrides):
+    """32 px crops, 8-feature networks, 3 steps per epoch on the 6-image sample train split."""
+    train_cfg = {
+        "output_dir": str(out),
+        "generator": {"epochs": 2, "epochs_decay": 0},
+        "checkpoint_every": 1,
+        "keep_checkpoints": 10,
+        "num_examples": 2,
+        "device": "cpu",
+    }
+    for key, value in train_overrides.items():
+        node = train_cfg
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return settings_from_dict(
+        {
+            "seed": 7,
+            "data": {"root": str(root), "load_size": 36, "crop_size": 32, "batch_size": 2},
+            "model": {
+                "generator": {"features": 8, "n_downs": 1, "dropout_blocks": 2},
+                "discriminator": {"features": 8},
+            },
+            "train": train_cfg,
+            "logging": {"dump_frequency": 5, "progress_every": 2},
+        }
+    )
+
+
+def epoch_rows(out):
+    with (out / "epochs.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def losses(rows):
+    return [{k: row[k] for k in LOSS_COLUMNS} for row in rows]
+
+
+def test_training_writes_every_output(sample_root, tmp_path):
+    out = tmp_path / "run"
+    result = train(tiny(sample_root, out, **{"generator.epochs": 3}))
+    assert (result.start_epoch, result.last_epoch) == (1, 3)
+    assert result.checkpoint == out / "checkpoints" / "epoch_0003.pt"
+    rows = epoch_rows(out)
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    assert all(float(r["l1_weight"]) == 100.0 and r["l2"] == "" for r in rows)
+    # Loss log: every iteration of every epoch, D + G + gan + l1, flushed at the end although
+    # dump_frequency (5) was never reached.
+    with (out / "loss_log.csv").open() as handle:
+        log_rows = list(csv.DictReader(handle))
+    assert len(log_rows) == 3 * 3 * 4
+    assert {r["loss"] for r in log_rows} == {"D", "G", "gan", "l1"}
+    l1 = next(r for r in log_rows if r["loss"] == "l1")
+    assert float(l1["weighted"]) == pytest.approx(100 * float(l1["value"]))
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["last_epoch"] == 3 and summary["precision"] == "float32"
+    assert summary["final_epoch"]["losses"]["l1"] == pytest.approx(float(rows[-1]["l1"]))
+    assert not list(out.rglob("*.tmp"))
+
+
+def test_same_seed_same_losses(sample_root, tmp_path):
+    train(tiny(sample_root, tmp_path / "a"))
+    train(tiny(sample_root, tmp_path / "b"))
+    assert losses(epoch_rows(tmp_path / "a")) == losses(epoch_rows(tmp_path / "b"))
+    other = tiny(sample_root, tmp_path / "c")
+    other.seed = 8
+    train(other)
+    assert losses(epoch_rows(tmp_path / "a")) != losses(epoch_rows(tmp_path / "c"))
+
+
+def test_continue_equals_uninterrupted(sample_root, tmp_path):
+    train(tiny(sample_root, tmp_path / "full", **{"generator.epochs": 4}))
+    train(tiny(sample_root, tmp_path / "split", **{"generator.epochs": 2}))
+    resumed = tiny(sample_root, tmp_path / "split", **{"generator.epochs": 4, "continue_train": True})
+    result = train(resumed)
+    assert result.start_epoch == 3
+    assert result.changed_settings == ["train.generator.epochs: 2 -> 4"]
+    assert losses(epoch_rows(tmp_path / "split")) == losses(epoch_rows(tmp_path / "full"))
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "epoch_0004.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "epoch_0004.pt")
+    assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
+
+
+class StopAfter(TrainingCallback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_checkpoint(self, epoch, path):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_run_continues_exactly_with_the_lr_decay(sample_root, tmp_path):
+    decay = {"generator.epochs": 2, "generator.epochs_decay": 2}
+    train(tiny(sample_root, tmp_path / "full", **decay))
+    with pytest.raises(KeyboardInterrupt):
+        train(tiny(sample_root, tmp_path / "cut", **decay), [StopAfter(2)])
+    with (tmp_path / "cut" / "loss_log.csv").open() as handle:
+        assert {row["epoch"] for row in csv.DictReader(handle)} == {"1", "2"}  # cache written on Ctrl+C
+    result = train(tiny(sample_root, tmp_path / "cut", continue_train=True, load_epoch=2, **decay))
+    assert result.start_epoch == 3 and result.changed_settings == []
+    full, cut = epoch_rows(tmp_path / "full"), epoch_rows(tmp_path / "cut")
+    assert losses(cut) == losses(full)
+    assert [r["lr_g"] for r in cut] == [r["lr_g"] for r in full]
+    with (tmp_path / "cut" / "loss_log.csv").open() as a, (tmp_path / "full" / "loss_log.csv").open() as b:
+        assert a.read() == b.read()
+
+
+def test_persisted_checkpoints_are_never_used_silently(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out, **{"generator.epochs": 3}))
+    result = train(tiny(sample_root, out))
+    assert result.start_epoch == 1
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert [int(r["epoch"]) for r in epoch_rows(out)] == [1, 2]
+
+
+def test_changed_architecture_is_refused(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out))
+    wider = tiny(sample_root, out, continue_train=True)
+    wider.model.generator.features = 16
+    wider.data.input_channels = 1
+    with pytest.raises(CheckpointError) as info:
+        train(wider)
+    message = str(info.value)
+    assert "another architecture" in message
+    assert "model.generator.features: checkpoint 8, settings 16" in message
+    assert "data.input_channels: checkpoint 3, settings 1" in message
+    assert (out / "checkpoints" / "epoch_0002.pt").exists()  # nothing lost
+
+
+def test_missing_epoch_and_missing_checkpoints_are_named(sample_root, tmp_path):
+    out = tmp_path / "run"
+    with pytest.raises(CheckpointError, match="no checkpoints"):
+        train(tiny(sample_root, out, continue_train=True))
+    train(tiny(sample_root, out))
+    with pytest.raises(CheckpointError, match="no checkpoint for epoch 7; available epochs: 1, 2"):
+        train(tiny(sample_root, out, continue_train=True, load_epoch=7))
+    with pytest.raises(CheckpointError, match="registered models are resolved by the pipeline"):
+        train(tiny(sample_root, out, continue_train=True, continue_from="models:/facades@latest"))
+
+
+def test_continue_from_an_explicit_checkpoint_path(sample_root, tmp_path):
+    train(tiny(sample_root, tmp_path / "parent"))
+    source = tmp_path / "parent" / "checkpoints" / "epoch_0001.pt"
+    child = tiny(sample_root, tmp_path / "child", continue_train=True, continue_from=str(source))
+    child.train.loss.l1 = 50.0
+    result = train(child)
+    assert result.start_epoch == 2 and result.last_epoch == 2
+    assert "train.loss.l1: 100.0 -> 50.0" in result.changed_settings
+    assert float(epoch_rows(tmp_path / "child")[0]["l1_weight"]) == 50.0
+
+
+def test_checkpoint_holds_the_full_state_and_retention_bounds_disk(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out, keep_checkpoints=2, **{"generator.epochs": 4}))
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0003.pt", "epoch_0004.pt"]
+    state = torch.load(out / "checkpoints" / "epoch_0004.pt", weights_only=True)
+    assert state["format_version"] == 1 and state["epoch"] == 4 and state["seed"] == 7
+    assert set(state) >= {"generator", "discriminator", "opt_g", "opt_d", "settings", "architecture"}
+    assert state["opt_g"]["state"][0]["step"].item() == 4 * 3
+    assert state["settings"]["train"]["loss"]["l1"] == 100.0
+
+
+def test_example_strips_show_fixed_samples(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out))
+    strips = sorted((out / "examples").glob("*.png"))
+    assert [p.name for p in strips] == [
+        "epoch_0001_sample_00.png",
+        "epoch_0001_sample_01.png",
+        "epoch_0002_sample_00.png",
+        "epoch_0002_sample_01.png",
+    ]
+    first, second = (np.asarray(Image.open(out / "examples" / f"epoch_000{e}_sample_00.png")) for e in (1, 2))
+    assert first.shape == (32, 96, 3)
+    assert np.array_equal(first[:, :32], second[:, :32]) and np.array_equal(first[:, 64:], second[:, 64:])
+    assert not np.array_equal(first[:, 32:64], second[:, 32:64])  # the generator changed
+
+
+def test_weight_schedules_switch_losses_on_by_epoch(sample_root, tmp_path):
+    out = tmp_path / "run"
+    settings = tiny(sample_root, out)
+    settings.train.loss = settings.train.loss.model_validate(
+        {"schedules": {"sobel": {"initial": 0.0, "target": 4.0, "start_epoch": 1, "end_epoch": 2}}}
+    )
+    train(settings)
+    first, second = epoch_rows(out)
+    assert first["sobel"] == "" and first["sobel_weight"] == "0.0"
+    assert float(second["sobel"]) > 0 and second["sobel_weight"] == "4.0"
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out, **{"generator.epochs": 1}))
+    blowup = tiny(sample_root, out, continue_train=True, **{"generator.epochs": 2})
+    blowup.train.loss.l1 = 1e39  # overflows float32: the G loss is infinite
+    with pytest.raises(NonFiniteLossError) as info:
+        train(blowup)
+    message = str(info.value)
+    assert "loss 'G' became inf in epoch 2" in message
+    assert str(out / "checkpoints" / "epoch_0001.pt") in message
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch_0001.pt"]
+    with (out / "loss_log.csv").open() as handle:
+        assert "2" in {row["epoch"] for row in csv.DictReader(handle)}  # the bad epoch's rows are kept
+
+
+@pytest.mark.parametrize("extra", [{"precision": "bf16"}, {"channels_last": True}])
+def test_bf16_autocast_and_channels_last_run_on_cpu(sample_root, tmp_path, extra):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out, **{"generator.epochs": 1}, **extra))
+    row = epoch_rows(out)[0]
+    assert np.isfinite(float(row["loss_g"])) and float(row["loss_g"]) > 0
+
+
+def test_loss_log_appends_without_rewriting(tmp_path):
+    log = LossLog(tmp_path / "loss_log.csv")
+    log.add_epoch(1, ["D", "l1"], [1.0, 10.0], [[0.5, 0.25]])
+    log.flush()
+    before = (tmp_path / "loss_log.csv").read_bytes()
+    log.add_epoch(2, ["D", "l1"], [1.0, 10.0], [[0.4, 0.2], [0.3, 0.1]])
+    assert log.pending == 4
+    log.flush()
+    after = (tmp_path / "loss_log.csv").read_bytes()
+    assert after.startswith(before) and after.count(b"\n") == 1 + 2 + 4
+    assert log.pending == 0
+
+
+def test_cli_train_command(sample_root, tmp_path, capsys):
+    params = tmp_path / "params.yaml"
+    settings = tiny(sample_root, tmp_path / "run", **{"generator.epochs": 1})
+    params.write_text(json.dumps(settings.model_dump(mode="json")))
+    assert main(["train", "--params", str(params)]) == 0
+    captured = capsys.readouterr()
+    assert "trained epochs 1..1" in captured.out
+    assert "epoch 1/1" in captured.err
+    assert main(["train", "--params", str(params), "-s", "train.continue_train=true", "-s", "train.load_epoch=4"]) == 2
+    assert "no checkpoint for epoch 4" in capsys.readouterr().err
