@@ -18,9 +18,13 @@ install: $(STAMP)
 
 run: $(STAMP)
 	dvc repro
-	nectargan models
-	@echo "Sample data: data/sample/{train,val,test} (A label map | B facade per file)."
-	@echo "Settings and their meanings: nectargan settings"
+	nectargan train
+	@echo
+	@echo "Sample data:     data/sample/{train,val,test} (A label map | B facade per file)"
+	@echo "Checkpoints:     outputs/train/checkpoints/epoch_NNNN.pt"
+	@echo "Example strips:  outputs/train/examples/ (input | generated | target per epoch)"
+	@echo "Losses:          outputs/train/epochs.csv (per epoch), outputs/train/loss_log.csv (per iteration)"
+	@echo "Settings:        .venv/bin/nectargan settings"
 
 lint: $(STAMP)
 	ruff check .

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -64,11 +65,17 @@ def _cmd_sample_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from nectargan_core.training.callbacks import ConsoleReporter
     from nectargan_core.training.trainer import train
 
     settings = load_settings(args.params, args.overrides)
+    # A plain `kill` (or a scheduler stopping the job) unwinds like Ctrl+C, so cached losses are written.
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
     result = train(settings, [ConsoleReporter()])
     print(
         f"trained epochs {result.start_epoch}..{result.last_epoch}; last checkpoint {result.checkpoint}; "

@@ -132,6 +132,20 @@ def test_persisted_checkpoints_are_never_used_silently(sample_root, tmp_path):
     assert result.start_epoch == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
     assert [int(r["epoch"]) for r in epoch_rows(out)] == [1, 2]
+    # The earlier run was set aside, not destroyed.
+    previous = out / "previous"
+    assert sorted(p.name for p in (previous / "checkpoints").iterdir())[-1] == "epoch_0003.pt"
+    assert [int(r["epoch"]) for r in epoch_rows(previous)] == [1, 2, 3]
+    with pytest.raises(CheckpointError, match="which this run would replace"):
+        train(
+            tiny(
+                sample_root,
+                out,
+                continue_train=True,
+                continue_from=str(previous / "checkpoints"),
+                **{"generator.epochs": 4},
+            )
+        )
 
 
 def test_changed_architecture_is_refused(sample_root, tmp_path):
@@ -234,16 +248,92 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(sample_root, tmp_path, extra
 
 
 def test_loss_log_appends_without_rewriting(tmp_path):
-    log = LossLog(tmp_path / "loss_log.csv")
+    path = tmp_path / "loss_log.csv"
+    log = LossLog(path)
     log.add_epoch(1, ["D", "l1"], [1.0, 10.0], [[0.5, 0.25]])
     log.flush()
-    before = (tmp_path / "loss_log.csv").read_bytes()
+    # Mark the written rows: a flush that rewrote the file from memory would lose the mark.
+    marked = path.read_bytes().replace(b"0.5,", b"0.7,")
+    path.write_bytes(marked)
     log.add_epoch(2, ["D", "l1"], [1.0, 10.0], [[0.4, 0.2], [0.3, 0.1]])
     assert log.pending == 4
     log.flush()
-    after = (tmp_path / "loss_log.csv").read_bytes()
-    assert after.startswith(before) and after.count(b"\n") == 1 + 2 + 4
+    after = path.read_bytes()
+    assert after.startswith(marked) and after.count(b"\n") == 1 + 2 + 4
     assert log.pending == 0
+
+
+class LogLinesAtEpochEnd(TrainingCallback):
+    def __init__(self, path):
+        self.path = path
+        self.epochs_on_disk = {}
+
+    def on_epoch_end(self, summary):
+        epochs = set()
+        if self.path.exists():
+            with self.path.open() as handle:
+                epochs = {int(row["epoch"]) for row in csv.DictReader(handle)}
+        self.epochs_on_disk[summary.epoch] = epochs
+
+
+def test_loss_log_is_appended_every_dump_frequency_epochs(sample_root, tmp_path):
+    out = tmp_path / "run"
+    settings = tiny(sample_root, out, checkpoint_every=10, **{"generator.epochs": 3})
+    settings.logging.dump_frequency = 2
+    watcher = LogLinesAtEpochEnd(out / "loss_log.csv")
+    train(settings, [watcher])
+    assert watcher.epochs_on_disk == {1: set(), 2: {1, 2}, 3: {1, 2}}
+    with (out / "loss_log.csv").open() as handle:
+        assert {int(row["epoch"]) for row in csv.DictReader(handle)} == {1, 2, 3}
+
+
+def test_continuing_past_the_total_is_an_error(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out))
+    with pytest.raises(CheckpointError, match="at epoch 2 and the configured total is 2"):
+        train(tiny(sample_root, out, continue_train=True))
+
+
+def test_data_loader_workers_keep_continue_exact(sample_root, tmp_path):
+    def workers(out, **kw):
+        settings = tiny(sample_root, out, **kw)
+        settings.data.num_workers = 2
+        return settings
+
+    train(workers(tmp_path / "full", **{"generator.epochs": 3}))
+    with pytest.raises(KeyboardInterrupt):
+        train(workers(tmp_path / "split", **{"generator.epochs": 3}), [StopAfter(1)])
+    train(workers(tmp_path / "split", continue_train=True, **{"generator.epochs": 3}))
+    assert losses(epoch_rows(tmp_path / "split")) == losses(epoch_rows(tmp_path / "full"))
+
+
+def test_separate_schedules_drive_the_discriminator(sample_root, tmp_path):
+    out = tmp_path / "run"
+    settings = tiny(sample_root, out, separate_schedules=True, **{"discriminator.initial": 1e-3})
+    train(settings)
+    assert {(r["lr_g"], r["lr_d"]) for r in epoch_rows(out)} == {("0.0002", "0.001")}
+    shared = tiny(sample_root, tmp_path / "shared", **{"discriminator.initial": 1e-3})
+    train(shared)
+    assert {r["lr_d"] for r in epoch_rows(tmp_path / "shared")} == {"0.0002"}
+
+
+def test_nan_weights_are_never_checkpointed(sample_root, tmp_path):
+    from nectargan_core.training.step import GANStep
+    from nectargan_core.training.trainer import _check_finite_weights
+
+    step = GANStep(tiny(sample_root, tmp_path), torch.device("cpu"), None)
+    _check_finite_weights(step, 1, None)  # fresh weights pass
+    with torch.no_grad():
+        next(step.discriminator.parameters())[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="weights became NaN or infinite in epoch 3"):
+        _check_finite_weights(step, 3, tmp_path / "epoch_0002.pt")
+
+
+def test_checkpoints_are_readable_by_others(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out, **{"generator.epochs": 1}))
+    mode = (out / "checkpoints" / "epoch_0001.pt").stat().st_mode
+    assert mode & 0o044 == 0o044  # group/other can read (umask 022)
 
 
 def test_cli_train_command(sample_root, tmp_path, capsys):
@@ -256,3 +346,19 @@ def test_cli_train_command(sample_root, tmp_path, capsys):
     assert "epoch 1/1" in captured.err
     assert main(["train", "--params", str(params), "-s", "train.continue_train=true", "-s", "train.load_epoch=4"]) == 2
     assert "no checkpoint for epoch 4" in capsys.readouterr().err
+
+
+def test_continuing_from_an_earlier_epoch_replaces_the_later_records(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny(sample_root, out, **{"generator.epochs": 3}))
+    again = tiny(sample_root, out, continue_train=True, load_epoch=1, **{"generator.epochs": 3})
+    again.train.loss.l1 = 10.0
+    result = train(again)
+    assert result.start_epoch == 2
+    rows = epoch_rows(out)
+    assert [r["epoch"] for r in rows] == ["1", "2", "3"]
+    assert [r["l1_weight"] for r in rows] == ["100.0", "10.0", "10.0"]
+    with (out / "loss_log.csv").open() as handle:
+        log_rows = list(csv.DictReader(handle))
+    assert len(log_rows) == 3 * 3 * 4  # epochs 2 and 3 once each, from the continued run
+    assert {r["weight"] for r in log_rows if r["loss"] == "l1" and r["epoch"] != "1"} == {"10.0"}

@@ -19,9 +19,9 @@ def l2_loss(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
 
 
 def _filter_grey(image: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
-    """Channel-mean grey image cross-correlated with a 3x3 kernel, zero padding 1."""
-    grey = image.mean(dim=1, keepdim=True)
-    weight = kernel.to(device=image.device, dtype=image.dtype).view(1, 1, 3, 3)
+    """Channel-mean grey image cross-correlated with a 3x3 kernel, zero padding 1 (in fp32, also under autocast)."""
+    grey = image.float().mean(dim=1, keepdim=True)
+    weight = kernel.to(device=image.device).view(1, 1, 3, 3)
     return F.conv2d(grey, weight, padding=1)
 
 

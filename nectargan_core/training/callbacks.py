@@ -75,7 +75,9 @@ class ConsoleReporter(TrainingCallback):
             print(f"  changed since the checkpoint: {line}", file=self.stream)
 
     def on_epoch_start(self, epoch: int, steps: int) -> None:
-        self._bar = tqdm(total=steps, desc=f"epoch {epoch}", leave=False, file=self.stream, dynamic_ncols=True)
+        self._bar = tqdm(
+            total=steps, desc=f"epoch {epoch}", leave=False, file=self.stream, dynamic_ncols=True, disable=None
+        )
 
     def on_progress(self, epoch: int, step: int, live: dict[str, float]) -> None:
         if self._bar is not None:

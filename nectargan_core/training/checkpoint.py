@@ -73,6 +73,9 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """Write to a temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; checkpoints are shared like any output
     try:
         with os.fdopen(fd, "wb") as handle:
             torch.save({"format_version": FORMAT_VERSION, **state}, handle)

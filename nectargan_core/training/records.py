@@ -8,6 +8,7 @@ iteration); the epoch table has one row per epoch, which DVC can plot.
 from __future__ import annotations
 
 import csv
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,16 +41,22 @@ def _append(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]
 
 
 def truncate_after(path: Path, epoch: int) -> None:
-    """Drop rows of epochs after ``epoch`` (a continued run replaces them); one rewrite at start."""
+    """Drop rows of epochs after ``epoch`` (a continued run replaces them), and torn rows of a killed run.
+
+    One rewrite at the start of a continued run, through a temp file so a crash keeps the old file.
+    """
     if not path.exists():
         return
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
     if not rows:
         return
-    kept = [rows[0]] + [row for row in rows[1:] if int(row[0]) <= epoch]
-    with path.open("w", newline="") as handle:
+    header = rows[0]
+    kept = [header] + [row for row in rows[1:] if len(row) == len(header) and row[0].isdigit() and int(row[0]) <= epoch]
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w", newline="") as handle:
         csv.writer(handle).writerows(kept)
+    os.replace(tmp, path)
 
 
 @dataclass

@@ -56,7 +56,7 @@ class GANStep:
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.generator = build_generator(settings).to(device, memory_format=self.memory_format)
         self.discriminator = build_discriminator(settings).to(device, memory_format=self.memory_format)
-        fused = device.type == "cuda"
+        fused = device.type == "cuda"  # one kernel for all parameters; CPU has no fused Adam
         self.opt_g = torch.optim.Adam(
             self.generator.parameters(), lr=cfg.generator.initial, betas=(cfg.generator.beta1, BETA2), fused=fused
         )
@@ -129,3 +129,4 @@ class GANStep:
         for opt, beta1 in ((self.opt_g, cfg.generator.beta1), (self.opt_d, cfg.discriminator.beta1)):
             for group in opt.param_groups:
                 group["betas"] = (beta1, BETA2)
+                group["fused"] = self.device.type == "cuda"  # follows this machine, not the checkpoint's

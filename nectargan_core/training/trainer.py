@@ -16,6 +16,8 @@ import json
 import logging
 import math
 import os
+import re
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -46,6 +48,7 @@ from nectargan_core.training.records import LossLog, append_epoch_row, truncate_
 from nectargan_core.training.step import GANStep, autocast_dtype, resolve_device
 
 log = logging.getLogger(__name__)
+_EXAMPLE_NAME = re.compile(r"^epoch_(\d+)_sample_\d+\.png$")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -76,6 +79,10 @@ class RunPaths:
     def summary(self) -> Path:
         return self.root / "summary.json"
 
+    @property
+    def previous(self) -> Path:
+        return self.root / "previous"
+
 
 @dataclass
 class TrainResult:
@@ -92,19 +99,34 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.SeedSequence([seed, epoch]).generate_state(1, np.uint64)[0] >> 1)
 
 
-def _clear_previous_run(paths: RunPaths, keep_after: int = 0) -> list[Path]:
-    """Remove a previous run's outputs (only those of epochs after ``keep_after`` when continuing)."""
-    removed = [p for epoch, p in list_checkpoints(paths.checkpoints).items() if epoch > keep_after]
+def _set_aside_previous_run(paths: RunPaths) -> Path | None:
+    """Move an earlier run's outputs to ``output_dir/previous/`` (replacing an older one there).
+
+    A fresh run must not build on them, and a forgotten ``continue_train`` must not destroy them.
+    """
+    managed = (paths.checkpoints, paths.examples, paths.loss_log, paths.epochs, paths.summary)
+    present = [p for p in managed if p.exists()]
+    if not present:
+        return None
+    shutil.rmtree(paths.previous, ignore_errors=True)
+    paths.previous.mkdir(parents=True)
+    for path in present:
+        os.replace(path, paths.previous / path.name)
+    return paths.previous
+
+
+def _drop_epochs_after(paths: RunPaths, epoch: int) -> None:
+    """Continuing this run from an earlier epoch: the later records belong to the branch it replaces."""
+    for number, path in list_checkpoints(paths.checkpoints).items():
+        if number > epoch:
+            path.unlink()
     if paths.examples.is_dir():
-        removed += [p for p in paths.examples.glob("epoch_*_sample_*.png") if int(p.name[6:10]) > keep_after]
-    if keep_after:
-        truncate_after(paths.loss_log, keep_after)
-        truncate_after(paths.epochs, keep_after)
-    else:
-        removed += [p for p in (paths.loss_log, paths.epochs, paths.summary) if p.exists()]
-    for path in removed:
-        path.unlink()
-    return removed
+        for path in paths.examples.iterdir():
+            match = _EXAMPLE_NAME.match(path.name)
+            if match and int(match.group(1)) > epoch:
+                path.unlink()
+    truncate_after(paths.loss_log, epoch)
+    truncate_after(paths.epochs, epoch)
 
 
 def _resume_state(settings: Settings, paths: RunPaths) -> tuple[dict, Path] | None:
@@ -150,17 +172,28 @@ def _check_finite(
     """Raise if a loss went NaN/inf, naming the loss and step where it first did (if steps are kept)."""
     if all(math.isfinite(v) for v in means):
         return
-    values, first_step = list(means), step
+    values, where = list(means), f"detected by step {step}"
     for index, row in enumerate(per_step, start=1):
         if not torch.isfinite(row).all():
-            values, first_step = row.tolist(), index
+            values, where = row.tolist(), f"step {index}"
             break
     name, value = next((n, v) for n, v in zip(names, values, strict=True) if not math.isfinite(v))
     kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
     raise NonFiniteLossError(
-        f"loss '{name}' became {value} in epoch {epoch} (step {first_step}); training stopped and {kept}. "
+        f"loss '{name}' became {value} in epoch {epoch} ({where}); training stopped and {kept}. "
         f"Lower the learning rates or the weight of '{name}', or check the data."
     )
+
+
+def _check_finite_weights(step: GANStep, epoch: int, last: Path | None) -> None:
+    """Finite losses can still come with overflowing gradients; never checkpoint NaN weights."""
+    params = [*step.generator.parameters(), *step.discriminator.parameters()]
+    if not torch.stack([p.isfinite().all() for p in params]).all().item():
+        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
+        raise NonFiniteLossError(
+            f"the network weights became NaN or infinite in epoch {epoch}; training stopped without saving and "
+            f"{kept}. Lower the learning rates or the loss weights, or use fp32."
+        )
 
 
 def _write_summary(paths: RunPaths, result: TrainResult, settings: Settings, device: torch.device) -> None:
@@ -197,19 +230,30 @@ def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> Tra
     resumed = _resume_state(settings, paths)
     start, changed, last_checkpoint = 1, [], None
     if resumed is not None:
-        state, source = resumed
+        state, last_checkpoint = resumed
         step.load_state_dict(state)
         start = state["epoch"] + 1
+        if start > cfg.total_epochs:
+            raise CheckpointError(
+                f"{last_checkpoint} is at epoch {state['epoch']} and the configured total is {cfg.total_epochs} "
+                "(train.generator.epochs + epochs_decay): raise the total to train on"
+            )
         changed = changed_settings(state["settings"], settings.model_dump(mode="json"))
-        own = source.parent.resolve() == paths.checkpoints.resolve()
-        _clear_previous_run(paths, keep_after=state["epoch"] if own else 0)
-        last_checkpoint = source
-    elif removed := _clear_previous_run(paths):
-        log.warning(
-            "fresh run: removed %d files of a previous run in %s (set train.continue_train: true to continue instead)",
-            len(removed),
-            paths.root,
-        )
+    if last_checkpoint is not None and last_checkpoint.parent.resolve() == paths.checkpoints.resolve():
+        _drop_epochs_after(paths, start - 1)
+    else:
+        if last_checkpoint is not None and paths.previous.resolve() in last_checkpoint.resolve().parents:
+            raise CheckpointError(
+                f"{last_checkpoint} lies in {paths.previous}, which this run would replace; copy it out of "
+                f"{paths.root} first, or continue in another train.output_dir"
+            )
+        if (previous := _set_aside_previous_run(paths)) is not None:
+            log.warning(
+                "moved the earlier run's outputs in %s to %s (a fresh run never builds on them; set "
+                "train.continue_train: true to continue a run)",
+                paths.root,
+                previous,
+            )
 
     generator = torch.Generator()
     loader = DataLoader(
@@ -246,6 +290,9 @@ def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> Tra
                 for cb in callbacks:
                     cb.on_examples(epoch, strips)
             if epoch % cfg.checkpoint_every == 0 or final:
+                if loss_log is not None:
+                    loss_log.flush()  # the log always reaches the newest checkpoint, even if killed later
+                _check_finite_weights(step, epoch, last_checkpoint)
                 last_checkpoint = _save(step, settings, epoch, paths)
                 result.checkpoint = last_checkpoint
                 for cb in callbacks:
@@ -303,7 +350,10 @@ def _run_epoch(
     finally:  # the epoch's rows reach the cache also when it fails or is interrupted
         if loss_log is not None and per_step:
             weights = [1.0, 1.0, *(step.weights[n] for n in names[2:])]
-            loss_log.add_epoch(epoch, names, weights, torch.stack(per_step).cpu().tolist())
+            try:
+                loss_log.add_epoch(epoch, names, weights, torch.stack(per_step).cpu().tolist())
+            except RuntimeError:  # e.g. a broken CUDA context: keep the original error visible
+                log.exception("could not read the losses of epoch %d back from the device", epoch)
     return EpochSummary(
         epoch=epoch,
         total_epochs=total,
