@@ -60,8 +60,19 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_sample_data(args: argparse.Namespace) -> int:
     from nectargan_core.data.sample import generate_sample_dataset
 
-    written = generate_sample_dataset(args.out, size=args.size, seed=args.seed)
-    print(f"sample dataset in {args.out}: " + ", ".join(f"{n} {split}" for split, n in written.items()))
+    cfg = load_settings(args.params, args.overrides).sample
+    counts = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
+    written = generate_sample_dataset(cfg.out, size=cfg.size, counts=counts, seed=cfg.seed)
+    print(f"sample dataset in {cfg.out}: " + ", ".join(f"{n} {split}" for split, n in written.items()))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from nectargan_core.pipeline.stages import validate_stage
+
+    result = validate_stage(load_settings(args.params, args.overrides), args.report)
+    print(result.table())
+    print(f"report: {result.report_csv}")
     return 0
 
 
@@ -70,17 +81,35 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
+    from nectargan_core.pipeline.stages import train_stage
     from nectargan_core.training.callbacks import ConsoleReporter
-    from nectargan_core.training.trainer import train
 
     settings = load_settings(args.params, args.overrides)
     # A plain `kill` (or a scheduler stopping the job) unwinds like Ctrl+C, so cached losses are written.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    result = train(settings, [ConsoleReporter()])
+    result = train_stage(settings, Path.cwd(), [ConsoleReporter()])
     print(
-        f"trained epochs {result.start_epoch}..{result.last_epoch}; last checkpoint {result.checkpoint}; "
-        f"outputs in {result.output_dir}/ (checkpoints/, examples/, loss_log.csv, epochs.csv, summary.json)"
+        f"trained to epoch {result.last_epoch}; last checkpoint {result.checkpoint}; MLflow run {result.run_id}; "
+        f"registered {settings.tracking.registered_model} version {result.model_version} "
+        f"(alias {settings.tracking.alias}); summary {result.summary}"
     )
+    return 0
+
+
+def _cmd_examples(args: argparse.Namespace) -> int:
+    from nectargan_core.pipeline.stages import examples_stage
+
+    paths = examples_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out)
+    print(f"{len(paths)} example strips in {args.out}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from nectargan_core.pipeline.stages import evaluate_stage
+
+    result = evaluate_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out)
+    shown = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
+    print(f"evaluated epoch {result.epoch} on {result.split}: {shown}; table {result.table}")
     return 0
 
 
@@ -96,15 +125,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(p)
     p.set_defaults(func=_cmd_models)
 
-    p = sub.add_parser("train", help="train (or continue, with train.continue_train) as params.yaml says")
+    p = sub.add_parser("sample-data", help="stage prepare: generate the procedural facades dataset (no download)")
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_sample_data)
+
+    p = sub.add_parser("validate", help="stage validate: check every pair of the dataset, write the report")
+    _add_params_args(p)
+    p.add_argument("--report", type=Path, default=Path("outputs/validation"), help="report folder (%(default)s)")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("train", help="stage train: train (or continue) in an MLflow run, register the checkpoint")
     _add_params_args(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("sample-data", help="generate the bundled procedural facades dataset (no download)")
-    p.add_argument("--out", type=Path, default=Path("data/sample"), help="dataset root (default: %(default)s)")
-    p.add_argument("--size", type=int, default=128, help="side of each half image in pixels (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="generator seed (default: %(default)s)")
-    p.set_defaults(func=_cmd_sample_data)
+    p = sub.add_parser("examples", help="stage examples: strips of the final checkpoint on validation samples")
+    _add_params_args(p)
+    p.add_argument("--out", type=Path, default=Path("outputs/examples"), help="output folder (%(default)s)")
+    p.set_defaults(func=_cmd_examples)
+
+    p = sub.add_parser("evaluate", help="stage evaluate: per-image metrics of the final checkpoint on test")
+    _add_params_args(p)
+    p.add_argument("--out", type=Path, default=Path("outputs/eval"), help="output folder (%(default)s)")
+    p.set_defaults(func=_cmd_evaluate)
     return parser
 
 
@@ -113,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (SettingsError, FileNotFoundError, ValueError, RuntimeError) as exc:
+    except (SettingsError, FileNotFoundError, ValueError, LookupError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -376,12 +376,49 @@ class TrainSettings(Strict):
         return self.generator.model_copy(update={"beta1": self.discriminator.beta1})
 
 
+class SampleDataSettings(Strict):
+    out: Path = Field(Path("data/sample"), description="Where `nectargan sample-data` writes the bundled dataset.")
+    size: int = Field(128, ge=32, multiple_of=16, description="Side of each half image of the sample pairs, pixels.")
+    train: int = Field(200, ge=1, description="Sample pairs in train/.")
+    val: int = Field(16, ge=1, description="Sample pairs in val/.")
+    test: int = Field(16, ge=1, description="Sample pairs in test/.")
+    seed: int = Field(0, ge=0, description="Seed of the procedural generator (the data is identical for a seed).")
+
+
+class TrackingSettings(Strict):
+    uri: str | None = Field(
+        None,
+        description="MLflow tracking URI; null = the embedded default, an SQLite file mlflow.db in the project "
+        "folder (absolute path). A server URL such as http://127.0.0.1:5000 also works.",
+    )
+    experiment: str = Field("nectargan", min_length=1, description="MLflow experiment that holds the runs.")
+    registered_model: str = Field(
+        "nectargan-generator", min_length=1, description="Registry name; each run's final checkpoint is a version."
+    )
+    alias: str = Field(
+        "current",
+        min_length=1,
+        description="Registry alias moved to each new version ('latest' is MLflow's own: always the newest).",
+    )
+    log_checkpoints: bool = Field(True, description="Also store every checkpoint as an MLflow artifact.")
+    system_metrics: bool = Field(True, description="Record CPU/GPU/memory use as MLflow system metrics.")
+
+    @field_validator("alias")
+    @classmethod
+    def _not_reserved(cls, value: str) -> str:
+        if value.lower() == "latest":
+            raise ValueError("'latest' is reserved by MLflow (models:/NAME@latest is always the newest version)")
+        return value
+
+
 class Settings(Strict):
     seed: int = Field(0, ge=0, description="Seed for every random number generator.")
     data: DataSettings = Field(DataSettings(), description="Dataset and preprocessing.")
     model: ModelSettings = Field(ModelSettings(), description="Generator and discriminator.")
     train: TrainSettings = Field(TrainSettings(), description="Schedules, losses and continue training.")
     logging: LoggingSettings = Field(LoggingSettings(), description="Loss logging.")
+    tracking: TrackingSettings = Field(TrackingSettings(), description="MLflow tracking and model registry.")
+    sample: SampleDataSettings = Field(SampleDataSettings(), description="The generated sample dataset.")
 
 
 # ---------------------------------------------------------------- loading

@@ -23,9 +23,10 @@ def test_bad_settings_exit_2_with_every_problem(capsys):
 
 
 def test_sample_data_command(tmp_path, capsys):
-    assert main(["sample-data", "--out", str(tmp_path / "d"), "--size", "32", "--seed", "1"]) == 0
-    assert "200 train" in capsys.readouterr().out
-    assert len(list((tmp_path / "d" / "val").glob("*.png"))) == 16
+    args = ["-s", f"sample.out={tmp_path / 'd'}", "-s", "sample.size=32", "-s", "sample.train=5", "-s", "sample.seed=1"]
+    assert main(["sample-data", "--params", str(ROOT / "params.yaml"), *args]) == 0
+    assert "5 train, 16 val, 16 test" in capsys.readouterr().out
+    assert len(list((tmp_path / "d" / "train").glob("*.png"))) == 5
 
 
 def test_console_script_prints_model_sizes():

@@ -339,10 +339,12 @@ def test_checkpoints_are_readable_by_others(sample_root, tmp_path):
 def test_cli_train_command(sample_root, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     settings = tiny(sample_root, tmp_path / "run", **{"generator.epochs": 1})
+    settings.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params.write_text(json.dumps(settings.model_dump(mode="json")))
     assert main(["train", "--params", str(params)]) == 0
     captured = capsys.readouterr()
-    assert "trained epochs 1..1" in captured.out
+    assert "trained to epoch 1" in captured.out and "version 1 (alias current)" in captured.out
+    assert (tmp_path / "mlruns").is_dir()
     assert "epoch 1/1" in captured.err
     assert main(["train", "--params", str(params), "-s", "train.continue_train=true", "-s", "train.load_epoch=4"]) == 2
     assert "no checkpoint for epoch 4" in capsys.readouterr().err

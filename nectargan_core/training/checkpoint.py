@@ -15,7 +15,9 @@ from typing import Any
 
 import torch
 
-from nectargan_core.settings import Settings
+from nectargan_core.models import build_generator
+from nectargan_core.models.generator import UNetGenerator
+from nectargan_core.settings import DataSettings, Settings
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -136,3 +138,19 @@ def prune_checkpoints(folder: Path, keep: int) -> list[Path]:
     for path in doomed:
         path.unlink()
     return doomed
+
+
+def load_generator(path: Path, device: torch.device) -> tuple[UNetGenerator, Settings, int]:
+    """The generator of a checkpoint in eval mode, built from the checkpoint's own settings."""
+    state = load_checkpoint(path)
+    settings = Settings.model_validate(state["settings"])
+    generator = build_generator(settings)
+    generator.load_state_dict(state["generator"])
+    return generator.to(device).eval(), settings, int(state["epoch"])
+
+
+def data_for_checkpoint(data: DataSettings, trained: Settings) -> DataSettings:
+    """The data settings with the channels and crop the checkpoint was trained on (the rest as configured)."""
+    return data.model_copy(
+        update={key: getattr(trained.data, key) for key in ("input_channels", "output_channels", "crop_size")}
+    )

@@ -1,0 +1,1 @@
+"""Pipeline stages: each takes paths and typed settings and returns paths and small results."""

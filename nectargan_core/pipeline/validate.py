@@ -1,0 +1,251 @@
+"""Dataset validation before any training (SPEC 3), with pandera.
+
+A manifest holds one row per pair with the facts read from disk (size, mode, content hash,
+decode error); pandera checks every rule over every row lazily, so the report lists each
+failing file with each rule it broke, not just the first.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import pandera.pandas as pa
+from PIL import Image
+
+from nectargan_core.data.dataset import IMAGE_SUFFIXES, SPLITS, split_layout
+from nectargan_core.settings import DataSettings
+
+_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "F": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 3, "YCbCr": 3}
+REQUIRED_SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class ValidationResult:
+    ok: bool
+    pairs: int
+    failures: list[dict[str, str]]
+    report_csv: Path
+    report_json: Path
+
+    def table(self) -> str:
+        """The failures as a fixed-width text table (or a one-line all-clear)."""
+        if self.ok:
+            return f"dataset OK: {self.pairs} pairs, every rule passed"
+        rows = [("file", "split", "rule", "detail")] + [
+            (f["file"], f["split"], f["rule"], f["detail"]) for f in self.failures
+        ]
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
+        return "\n".join([f"dataset INVALID: {len(self.failures)} problem(s) in {self.pairs} pairs", *lines])
+
+
+def _read(path: Path) -> dict[str, object]:
+    """Facts about one image file; decoding fully (not just the header) catches truncated files."""
+    facts: dict[str, object] = {"width": pd.NA, "height": pd.NA, "mode": pd.NA, "error": pd.NA}
+    try:
+        data = path.read_bytes()
+        facts["sha256"] = hashlib.sha256(data).hexdigest()
+        with Image.open(path) as image:
+            image.load()
+            facts.update(width=image.width, height=image.height, mode=image.mode)
+    except Exception as exc:
+        facts["error"] = f"{exc.__class__.__name__}: {exc}"
+        facts.setdefault("sha256", pd.NA)
+    return facts
+
+
+def _images(folder: Path) -> list[Path]:
+    """The files the dataset would load (image suffixes, sorted); other files are not pairs."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def build_manifest(data: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(one row per pair, one row per split with its pair count)."""
+    root = Path(data.root)
+    rows, counts = [], []
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            counts.append({"split": split, "pairs": 0, "required": split in REQUIRED_SPLITS, "exists": False})
+            continue
+        layout = split_layout(split_dir, data.layout)
+        if layout == "aligned":
+            for path in _images(split_dir):
+                rows.append({"split": split, "layout": layout, "file": str(path), **_read(path), "partner": pd.NA})
+        else:
+            b_dir = split_dir / "B"
+            for path in _images(split_dir / "A"):
+                partner = b_dir / path.name
+                row = {"split": split, "layout": layout, "file": str(path), **_read(path)}
+                if partner.is_file():
+                    facts = _read(partner)
+                    row.update(
+                        partner=str(partner),
+                        partner_width=facts["width"],
+                        partner_height=facts["height"],
+                        partner_mode=facts["mode"],
+                        partner_error=facts["error"],
+                    )
+                else:
+                    row["partner"] = pd.NA
+                rows.append(row)
+        pairs = sum(1 for r in rows if r["split"] == split)
+        counts.append({"split": split, "pairs": pairs, "required": split in REQUIRED_SPLITS, "exists": True})
+    columns = ["split", "layout", "file", "width", "height", "mode", "sha256", "error", "partner"]
+    manifest = pd.DataFrame(
+        rows, columns=[*columns, "partner_width", "partner_height", "partner_mode", "partner_error"]
+    )
+    for column in ("width", "height", "partner_width", "partner_height"):
+        manifest[column] = manifest[column].astype("Int64")  # nullable: comparisons with NA stay boolean
+    return manifest, pd.DataFrame(counts)
+
+
+def _rules(data: DataSettings) -> dict[str, tuple[pa.Check, str]]:
+    """Rule name -> (DataFrame-wide pandera check, what to do about it). Unreadable rows pass
+    every rule but 'decodes' so each problem is reported once."""
+    readable = lambda df: df["error"].isna() & (df["layout"].ne("folders") | df["partner_error"].isna())  # noqa: E731
+    aligned = lambda df: df["layout"].eq("aligned")  # noqa: E731
+    folders = lambda df: df["layout"].eq("folders")  # noqa: E731
+
+    def half_width(df: pd.DataFrame) -> pd.Series:
+        return df["width"].where(~aligned(df), df["width"] // 2)
+
+    def channels(mode: pd.Series) -> pd.Series:
+        return mode.map(_CHANNELS)
+
+    input_is_a = data.direction == "AtoB"
+    a_channels = data.input_channels if input_is_a else data.output_channels
+    b_channels = data.output_channels if input_is_a else data.input_channels
+    b_mode = lambda df: df["mode"].where(aligned(df), df["partner_mode"])  # noqa: E731
+
+    def check(fn, name: str) -> pa.Check:
+        return pa.Check(fn, name=name, error=name)
+
+    return {
+        "decodes": (
+            check(lambda df: df["error"].isna() & df["partner_error"].isna(), "decodes"),
+            "the file does not open as an image: replace or remove it",
+        ),
+        "partner_exists": (
+            check(lambda df: ~folders(df) | df["partner"].notna(), "partner_exists"),
+            "no file of the same name in B/: add it or remove the A file",
+        ),
+        "aligned_pair": (
+            check(lambda df: ~readable(df) | ~aligned(df) | (df["width"] == 2 * df["height"]), "aligned_pair"),
+            "an aligned pair is A|B side by side, width = 2 x height: re-export it",
+        ),
+        "partner_same_size": (
+            check(
+                lambda df: (
+                    ~readable(df)
+                    | ~folders(df)
+                    | df["partner"].isna()
+                    | ((df["width"] == df["partner_width"]) & (df["height"] == df["partner_height"]))
+                ),
+                "partner_same_size",
+            ),
+            "A and B differ in size: resize one to match",
+        ),
+        "channels": (
+            check(
+                lambda df: (
+                    ~readable(df)
+                    | (
+                        (channels(df["mode"]) == a_channels)
+                        & ((channels(b_mode(df)) == b_channels) | (folders(df) & df["partner"].isna()))
+                    ).fillna(False)
+                ),
+                "channels",
+            ),
+            f"image mode does not have the configured channels (A: {a_channels}, B: {b_channels}); convert the "
+            "file or change data.input_channels / data.output_channels",
+        ),
+        "large_enough": (
+            check(
+                lambda df: (
+                    ~readable(df) | ((half_width(df) >= data.crop_size) & (df["height"] >= data.crop_size)).fillna(True)
+                ),
+                "large_enough",
+            ),
+            f"smaller than data.crop_size ({data.crop_size}) on a side: use larger images or a smaller crop",
+        ),
+        "unique_across_splits": (
+            check(
+                lambda df: df["sha256"].isna() | (df.groupby("sha256")["split"].transform("nunique") == 1),
+                "unique_across_splits",
+            ),
+            "the same file content is in more than one split: keep it in one",
+        ),
+    }
+
+
+def validate_dataset(data: DataSettings, report_dir: Path) -> ValidationResult:
+    """Check every rule over every pair; write ``validation.csv`` and ``validation.json`` either way."""
+    root = Path(data.root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.root: {root} does not exist; generate the sample data or point it at a dataset")
+    manifest, counts = build_manifest(data)
+    rules = _rules(data)
+    failures: list[dict[str, str]] = []
+
+    schema = pa.DataFrameSchema(checks=[check for check, _ in rules.values()])
+    try:
+        schema.validate(manifest, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        cases = errors.failure_cases.dropna(subset=["index"])  # one case per failing cell: keep one per row
+        for index, rule in sorted({(int(i), str(c)) for i, c in zip(cases["index"], cases["check"], strict=True)}):
+            if rule not in rules:
+                continue
+            row = manifest.loc[index]
+            detail = rules[rule][1]
+            if rule == "decodes":
+                detail = f"{row['error'] if pd.notna(row['error']) else row['partner_error']}; {detail}"
+            if rule == "channels":
+                detail = f"mode {row['mode']}: {detail}"
+            failures.append({"file": row["file"], "split": row["split"], "rule": rule, "detail": detail})
+
+    split_schema = pa.DataFrameSchema(
+        checks=pa.Check(
+            lambda df: ~(df["required"] | df["exists"]) | (df["pairs"] > 0),
+            name="non_empty_split",
+            error="non_empty_split",
+        )
+    )
+    try:
+        split_schema.validate(counts, lazy=True)
+    except pa.errors.SchemaErrors as errors:
+        for index in sorted({int(i) for i in errors.failure_cases["index"].dropna()}):
+            split = counts.loc[index, "split"]
+            what = "missing" if not counts.loc[index, "exists"] else "empty"
+            failures.append(
+                {
+                    "file": str(root / split),
+                    "split": split,
+                    "rule": "non_empty_split",
+                    "detail": f"split folder {what}: add image pairs (train/ and val/ are required)",
+                }
+            )
+
+    failures.sort(key=lambda f: (f["file"], f["rule"]))
+    report_dir.mkdir(parents=True, exist_ok=True)
+    report_csv, report_json = report_dir / "validation.csv", report_dir / "validation.json"
+    with report_csv.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=["file", "split", "rule", "detail"])
+        writer.writeheader()
+        writer.writerows(failures)
+    by_split = {row.split: int(row.pairs) for row in counts.itertuples()}
+    report_json.write_text(
+        json.dumps(
+            {"ok": not failures, "pairs": len(manifest), "problems": len(failures), "pairs_per_split": by_split},
+            indent=2,
+        )
+        + "\n"
+    )
+    return ValidationResult(not failures, len(manifest), failures, report_csv, report_json)

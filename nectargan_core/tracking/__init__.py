@@ -1,0 +1,1 @@
+"""MLflow tracking and the model registry (attached to the trainer through its callbacks)."""
