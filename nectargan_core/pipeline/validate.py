@@ -92,6 +92,7 @@ def build_manifest(data: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
                         partner_height=facts["height"],
                         partner_mode=facts["mode"],
                         partner_error=facts["error"],
+                        partner_sha256=facts["sha256"],
                     )
                 else:
                     row["partner"] = pd.NA
@@ -99,9 +100,13 @@ def build_manifest(data: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
         pairs = sum(1 for r in rows if r["split"] == split)
         counts.append({"split": split, "pairs": pairs, "required": split in REQUIRED_SPLITS, "exists": True})
     columns = ["split", "layout", "file", "width", "height", "mode", "sha256", "error", "partner"]
-    manifest = pd.DataFrame(
-        rows, columns=[*columns, "partner_width", "partner_height", "partner_mode", "partner_error"]
-    )
+    partner_columns = ["partner_width", "partner_height", "partner_mode", "partner_error", "partner_sha256"]
+    manifest = pd.DataFrame(rows, columns=[*columns, *partner_columns])
+    # A pair's identity is its content: the file, or both files in the folders layout.
+    manifest["pair_sha256"] = [
+        pd.NA if pd.isna(a) else a if pd.isna(b) else f"{a}:{b}"
+        for a, b in zip(manifest["sha256"], manifest["partner_sha256"], strict=True)
+    ]
     for column in ("width", "height", "partner_width", "partner_height"):
         manifest[column] = manifest[column].astype("Int64")  # nullable: comparisons with NA stay boolean
     return manifest, pd.DataFrame(counts)
@@ -178,7 +183,7 @@ def _rules(data: DataSettings) -> dict[str, tuple[pa.Check, str]]:
         ),
         "unique_across_splits": (
             check(
-                lambda df: df["sha256"].isna() | (df.groupby("sha256")["split"].transform("nunique") == 1),
+                lambda df: df["pair_sha256"].isna() | (df.groupby("pair_sha256")["split"].transform("nunique") == 1),
                 "unique_across_splits",
             ),
             "the same file content is in more than one split: keep it in one",

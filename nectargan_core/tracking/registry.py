@@ -63,8 +63,8 @@ def register_checkpoint(
 
 
 def _available(client: MlflowClient, name: str) -> tuple[list[str], dict[str, str]]:
-    versions = sorted((v.version for v in client.search_model_versions(f"name='{name}'")), key=int)
-    aliases = dict(client.get_registered_model(name).aliases)
+    versions = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
+    aliases = {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
     return versions, aliases
 
 

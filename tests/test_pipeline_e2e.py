@@ -1,0 +1,131 @@
+"""`dvc repro` of the whole pipeline in a temporary git repo holding this project, with tiny settings."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = {
+    "sample": {"size": 32, "train": 6, "val": 2, "test": 2},
+    "data": {"load_size": 36, "crop_size": 32, "batch_size": 2},
+    "model": {
+        "generator": {"features": 8, "n_downs": 1, "dropout_blocks": 2},
+        "discriminator": {"features": 8},
+    },
+    "train": {
+        "generator": {"epochs": 2, "epochs_decay": 0},
+        "discriminator": {"epochs": 2, "epochs_decay": 0},
+        "checkpoint_every": 1,
+        "num_examples": 2,
+        "device": "cpu",
+    },
+    "tracking": {"system_metrics": False},
+}
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    for key, value in extra.items():
+        base[key] = _merge(base.get(key, {}), value) if isinstance(value, dict) else value
+    return base
+
+
+def run(cmd: list[str], cwd: Path) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+    result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
+    return result.stdout + result.stderr
+
+
+def stages_run(output: str) -> list[str]:
+    return re.findall(r"Running stage '([^']+)'", output)
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """This project's tracked files (as in the working tree) in a fresh git repo, with tiny params."""
+    repo = tmp_path_factory.mktemp("repo")
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True)
+    for name in filter(None, tracked.stdout.split("\0")):
+        if (ROOT / name).is_file():
+            (repo / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, repo / name)
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    (repo / "params.yaml").write_text(yaml.safe_dump(_merge(params, TINY), sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        run(cmd, repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "project"], repo)
+    return repo
+
+
+def test_dvc_repro_runs_the_pipeline_and_tracks_it(project):
+    out = run(["dvc", "repro"], project)
+    assert stages_run(out) == ["prepare", "validate", "train", "examples", "evaluate"]
+
+    assert len(list((project / "data" / "sample" / "train").glob("*.png"))) == 6
+    assert json.loads((project / "outputs" / "validation" / "validation.json").read_text())["ok"] is True
+    assert sorted(p.name for p in (project / "outputs" / "train" / "checkpoints").iterdir()) == [
+        "epoch_0001.pt",
+        "epoch_0002.pt",
+    ]
+    assert len(list((project / "outputs" / "examples").glob("*.png"))) == 2
+    metrics = json.loads((project / "outputs" / "eval" / "metrics.json").read_text())
+    assert metrics["split"] == "test" and metrics["images"] == 2
+
+    shown = run(["dvc", "metrics", "show", "--json"], project)
+    assert '"ssim"' in shown and '"psnr"' in shown
+    plots = run(["dvc", "plots", "show", "--json"], project)
+    assert "loss_g" in plots and "loss_d" in plots
+    pushed = run(["dvc", "push"], project)
+    assert "pushed" in pushed and any((project / "dvc-storage").rglob("*"))
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    (run_info,) = client.search_runs([client.get_experiment_by_name("nectargan").experiment_id])
+    assert run_info.data.params["train.loss.l1"] == "100.0"
+    assert [m.step for m in client.get_metric_history(run_info.info.run_id, "loss/g")] == [1, 2]
+    assert "eval/ssim" in run_info.data.metrics
+    assert {"checkpoints", "images", "model", "examples", "evaluation"} <= {
+        a.path for a in client.list_artifacts(run_info.info.run_id)
+    }
+    version = client.get_model_version_by_alias("nectargan-generator", "current")
+    assert version.run_id == run_info.info.run_id and version.tags["epoch"] == "2"
+
+    again = run(["dvc", "repro"], project)
+    assert stages_run(again) == [] and "Data and pipelines are up to date" in again
+
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params["train"]["loss"]["l1"] = 50.0
+    (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = run(["dvc", "repro"], project)
+    assert stages_run(changed) == ["train", "examples", "evaluate"]
+    assert str(client.get_model_version_by_alias("nectargan-generator", "current").version) == "2"
+
+
+def test_dvc_exp_run_compares_loss_weightings(project):
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
+    out = run(["dvc", "exp", "run", "-S", "train.loss.l1=25", "-n", "l1-25"], project)
+    assert stages_run(out) == ["train", "examples", "evaluate"]
+    table = json.loads(run(["dvc", "exp", "show", "--json"], project))
+    names = json.dumps(table)
+    assert "l1-25" in names and "ssim" in names
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name("nectargan").experiment_id], order_by=["attributes.start_time DESC"]
+    )
+    newest, previous = runs[0], runs[1]
+    assert newest.data.tags.get("dvc_experiment") == "l1-25"
+    differing = {k for k in newest.data.params if newest.data.params[k] != previous.data.params.get(k)}
+    assert differing == {"train.loss.l1"}
+    assert (newest.data.params["train.loss.l1"], previous.data.params["train.loss.l1"]) == ("25.0", "50.0")

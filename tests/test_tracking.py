@@ -1,0 +1,181 @@
+import csv
+import hashlib
+import json
+import time
+
+import pytest
+
+from nectargan_core.pipeline.stages import evaluate_stage, examples_stage, train_stage
+from nectargan_core.settings import settings_from_dict
+from nectargan_core.tracking.mlflow_run import TrackingUnavailable, connect, settings_params
+from nectargan_core.tracking.registry import RegistryError, download_checkpoint
+from nectargan_core.training.checkpoint import CheckpointError
+
+from .test_training import epoch_rows
+
+
+def tiny(root, project, **train):
+    return settings_from_dict(
+        {
+            "seed": 3,
+            "data": {"root": str(root), "load_size": 36, "crop_size": 32, "batch_size": 2},
+            "model": {
+                "generator": {"features": 8, "n_downs": 1, "dropout_blocks": 2},
+                "discriminator": {"features": 8},
+            },
+            "train": {
+                "output_dir": str(project / "outputs" / "train"),
+                "generator": {"epochs": 2, "epochs_decay": 0},
+                "checkpoint_every": 1,
+                "num_examples": 2,
+                "device": "cpu",
+                **train,
+            },
+            "tracking": {"system_metrics": False},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(sample_root, tmp_path_factory):
+    """One tracked 2-epoch run in its own project folder (the embedded SQLite default)."""
+    project = tmp_path_factory.mktemp("project")
+    settings = tiny(sample_root, project)
+    result = train_stage(settings, project)
+    client, _ = connect(settings.tracking, project)
+    return project, settings, result, client
+
+
+def test_the_run_records_every_setting_and_per_epoch_metrics(trained):
+    project, settings, result, client = trained
+    assert (project / "mlflow.db").exists() and (project / "mlruns").is_dir()
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params == settings_params(settings)
+    assert run.data.params["train.loss.l1"] == "100.0" and run.data.params["train.generator.epochs"] == "2"
+    for key in (
+        "loss/d",
+        "loss/g",
+        "loss/l1",
+        "loss/l1_weighted",
+        "weight/l1",
+        "weight/sobel",
+        "lr/g",
+        "lr/d",
+        "epoch_seconds",
+        "images_per_s",
+    ):
+        history = client.get_metric_history(result.run_id, key)
+        assert [m.step for m in history] == [1, 2], key
+    rows = epoch_rows(project / "outputs" / "train")
+    l1 = {m.step: m.value for m in client.get_metric_history(result.run_id, "loss/l1")}
+    assert l1[2] == pytest.approx(float(rows[1]["l1"]))
+    assert run.data.tags["params_hash"] and run.data.tags["git_commit"]
+    artifacts = {a.path for a in client.list_artifacts(result.run_id)}
+    assert {"checkpoints", "images", "model"} <= artifacts
+    checkpoints = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
+    assert checkpoints == {"checkpoints/epoch_0001.pt", "checkpoints/epoch_0002.pt"}
+    images = [a.path for a in client.list_artifacts(result.run_id, "images")]
+    assert any("examples~sample_00+step+2" in path for path in images)
+    summary = json.loads(result.summary.read_text())
+    assert summary["mlflow_run_id"] == result.run_id and summary["model_version"] == "1"
+
+
+def test_final_checkpoint_is_a_registered_version_with_alias(trained):
+    project, _settings, result, client = trained
+    version = client.get_model_version_by_alias("nectargan-generator", "current")
+    assert str(version.version) == result.model_version == "1"
+    assert version.run_id == result.run_id
+    assert version.tags["epoch"] == "2" and version.tags["run_id"] == result.run_id
+    assert set(version.tags) >= {"params_hash", "git_commit", "dvc_md5"}
+    downloaded = download_checkpoint(client, "models:/nectargan-generator@current", project / "dl")
+    assert downloaded.checkpoint.read_bytes() == result.checkpoint.read_bytes()
+
+    assert hashlib.md5(result.checkpoint.read_bytes()).hexdigest() == version.tags["dvc_md5"]
+
+
+def test_examples_and_evaluation_log_into_the_training_run(trained):
+    project, settings, result, client = trained
+    strips = examples_stage(settings, project, project / "outputs" / "examples")
+    assert [p.name for p in strips] == ["epoch_0002_sample_00.png", "epoch_0002_sample_01.png"]
+    evaluation = evaluate_stage(settings, project, project / "outputs" / "eval")
+    assert evaluation.split == "test" and evaluation.epoch == 2
+    metrics = json.loads((project / "outputs" / "eval" / "metrics.json").read_text())
+    assert set(metrics) == {"split", "images", "epoch", "l1", "l2", "psnr", "ssim", "sobel", "laplacian"}
+    assert metrics["images"] == 2 and 0 < metrics["ssim"] < 1 and metrics["psnr"] > 0
+    with evaluation.table.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["file"] for r in rows] == ["test_0000.png", "test_0001.png"]
+    assert float(metrics["l1"]) == pytest.approx(sum(float(r["l1"]) for r in rows) / 2)
+    run = client.get_run(result.run_id)
+    assert run.data.metrics["eval/l1"] == pytest.approx(metrics["l1"])
+    assert {a.path for a in client.list_artifacts(result.run_id, "examples")} == {"examples/final"}
+
+
+def test_continue_from_a_registered_model(trained, sample_root):
+    project, _settings, result, client = trained
+    child = tiny(
+        sample_root,
+        project,
+        continue_train=True,
+        continue_from="models:/nectargan-generator@current",
+        generator={"epochs": 3, "epochs_decay": 0},
+    )
+    child.train.output_dir = project / "outputs" / "child"
+    child.train.loss.l1 = 50.0
+    continued = train_stage(child, project)
+    assert continued.last_epoch == 3 and continued.model_version == "2"
+    rows = epoch_rows(project / "outputs" / "child")
+    assert [r["epoch"] for r in rows] == ["3"] and rows[0]["l1_weight"] == "50.0"
+    run = client.get_run(continued.run_id)
+    assert run.data.tags["parent_model_version"] == "1" and run.data.tags["parent_run_id"] == result.run_id
+    assert run.data.params["train.continue_from"] == "models:/nectargan-generator@current"
+    assert str(client.get_model_version_by_alias("nectargan-generator", "current").version) == "2"
+
+
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("models:/nope@current", "no registered model 'nope'; registered models: nectargan-generator"),
+        ("models:/nectargan-generator@staging", "no alias 'staging'; aliases: current -> "),
+        ("models:/nectargan-generator/99", "has no version 99; versions: 1"),
+        ("models:/nectargan-generator", "expected models:/NAME@ALIAS or models:/NAME/VERSION"),
+    ],
+)
+def test_missing_registry_entries_name_what_exists(trained, uri, message):
+    project, _, _, client = trained
+    with pytest.raises(RegistryError) as info:
+        download_checkpoint(client, uri, project / "never")
+    assert message in str(info.value)
+    assert not (project / "never").exists()
+
+
+def test_continue_with_another_architecture_fails_before_training(trained, sample_root):
+    project, _, _, client = trained
+    wide = tiny(
+        sample_root,
+        project,
+        continue_train=True,
+        continue_from="models:/nectargan-generator/1",
+        generator={"epochs": 4, "epochs_decay": 0},
+    )
+    wide.model.generator.features = 16
+    wide.train.output_dir = project / "outputs" / "wide"
+    with pytest.raises(CheckpointError, match=r"model\.generator\.features: checkpoint 8, settings 16"):
+        train_stage(wide, project)
+    failed = client.search_runs(
+        [client.get_experiment_by_name("nectargan").experiment_id],
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )[0]
+    assert failed.info.status == "FAILED"
+    assert not (project / "outputs" / "wide" / "epochs.csv").exists()
+
+
+def test_a_tracking_server_that_is_down_fails_fast(sample_root, tmp_path):
+    settings = tiny(sample_root, tmp_path)
+    settings.tracking.uri = "http://127.0.0.1:9"  # discard port: nothing listens
+    started = time.monotonic()
+    with pytest.raises(TrackingUnavailable, match="no MLflow server answers"):
+        connect(settings.tracking, tmp_path)
+    assert time.monotonic() - started < 10

@@ -1,0 +1,121 @@
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nectargan_core.cli import main
+from nectargan_core.pipeline.stages import DatasetInvalid, validate_stage
+from nectargan_core.pipeline.validate import validate_dataset
+from nectargan_core.settings import DataSettings, settings_from_dict
+
+
+def _data(root, **kw):
+    return DataSettings(root=root, load_size=36, crop_size=32, **kw)
+
+
+def _rgb(width, height, seed=0):
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 255, (height, width, 3), dtype=np.uint8))
+
+
+def test_the_sample_dataset_passes(sample_root, tmp_path):
+    result = validate_dataset(_data(sample_root), tmp_path / "report")
+    assert result.ok and result.pairs == 10 and result.failures == []
+    assert json.loads(result.report_json.read_text())["pairs_per_split"] == {"train": 6, "val": 2, "test": 2}
+    assert "every rule passed" in result.table()
+
+
+def test_every_bad_file_is_reported_with_its_rule(sample_root, tmp_path):
+    root = tmp_path / "bad"
+    shutil.copytree(sample_root, root)
+    (root / "train" / "train_0000.png").write_bytes(b"not an image at all")  # corrupt
+    _rgb(100, 64).save(root / "train" / "wide.png")  # not 2:1
+    Image.new("L", (64, 32)).save(root / "train" / "grey.png")  # 1 channel, 3 configured
+    _rgb(40, 20).save(root / "val" / "tiny.png")  # 20 px < crop 32
+    shutil.copy(root / "train" / "train_0001.png", root / "val" / "copy_of_train.png")  # in two splits
+    (root / "val" / "notes.txt").write_text("ignored: not an image file name")
+    shutil.rmtree(root / "test")
+    (root / "test").mkdir()  # present but empty
+
+    result = validate_dataset(_data(root), tmp_path / "report")
+    assert not result.ok
+    found = {(f["file"].removeprefix(str(root) + "/"), f["rule"]) for f in result.failures}
+    assert found == {
+        ("train/train_0000.png", "decodes"),
+        ("train/wide.png", "aligned_pair"),
+        ("train/grey.png", "channels"),
+        ("val/tiny.png", "large_enough"),
+        ("train/train_0001.png", "unique_across_splits"),
+        ("val/copy_of_train.png", "unique_across_splits"),
+        ("test", "non_empty_split"),
+    }
+    with result.report_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 7 and all(row["detail"] for row in rows)
+    assert any("UnidentifiedImageError" in row["detail"] for row in rows if row["rule"] == "decodes")
+    assert "mode L" in next(row["detail"] for row in rows if row["rule"] == "channels")
+    assert json.loads(result.report_json.read_text())["problems"] == 7
+    table = result.table()
+    assert "dataset INVALID: 7 problem(s)" in table and "train/grey.png" in table
+
+
+def test_folder_layout_rules(tmp_path):
+    root = tmp_path / "folders"
+    for split in ("train", "val"):
+        (root / split / "A").mkdir(parents=True)
+        (root / split / "B").mkdir(parents=True)
+        _rgb(48, 48, 1).save(root / split / "A" / f"{split}_ok.png")  # the same A in both splits is fine...
+        _rgb(48, 48, len(split)).save(root / split / "B" / f"{split}_ok.png")  # ...the pairs differ
+    _rgb(48, 48, 3).save(root / "train" / "A" / "lonely.png")  # no partner
+    _rgb(48, 48, 4).save(root / "train" / "A" / "mismatch.png")
+    _rgb(64, 48, 5).save(root / "train" / "B" / "mismatch.png")  # other size
+    result = validate_dataset(_data(root), tmp_path / "report")
+    found = {(f["file"].removeprefix(str(root) + "/"), f["rule"]) for f in result.failures}
+    assert found == {("train/A/lonely.png", "partner_exists"), ("train/A/mismatch.png", "partner_same_size")}
+
+
+def test_direction_and_channels_decide_which_half_is_checked(tmp_path):
+    root = tmp_path / "grey_input"
+    for split in ("train", "val"):
+        (root / split / "A").mkdir(parents=True)
+        (root / split / "B").mkdir(parents=True)
+        Image.new("L", (40, 40), color=len(split)).save(root / split / "A" / "x.png")
+        _rgb(40, 40, 1 if split == "train" else 2).save(root / split / "B" / "x.png")
+    assert validate_dataset(_data(root, input_channels=1), tmp_path / "r1").ok
+    flipped = validate_dataset(_data(root, input_channels=1, direction="BtoA"), tmp_path / "r2")
+    assert {f["rule"] for f in flipped.failures} == {"channels"}
+
+
+def test_missing_split_and_missing_root(tmp_path):
+    (tmp_path / "only_train" / "train").mkdir(parents=True)
+    _rgb(64, 32).save(tmp_path / "only_train" / "train" / "a.png")
+    result = validate_dataset(_data(tmp_path / "only_train"), tmp_path / "report")
+    assert [(f["split"], f["rule"]) for f in result.failures] == [("val", "non_empty_split")]
+    assert "missing" in result.failures[0]["detail"]
+    with pytest.raises(FileNotFoundError, match=r"data\.root"):
+        validate_dataset(_data(tmp_path / "nowhere"), tmp_path / "report")
+
+
+def test_stage_refuses_bad_data_and_cli_prints_the_table(tmp_path, capsys):
+    root = tmp_path / "d"
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        _rgb(64, 32, 7 if split == "train" else 8).save(root / split / "ok.png")
+    (root / "val" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    settings = settings_from_dict(
+        {
+            "data": {"root": str(root), "load_size": 36, "crop_size": 32},
+            "model": {"generator": {"n_downs": 1, "dropout_blocks": 2}},
+        }
+    )
+    with pytest.raises(DatasetInvalid) as info:
+        validate_stage(settings, tmp_path / "report")
+    assert "val/broken.png" in str(info.value) and "decodes" in str(info.value)
+    assert (tmp_path / "report" / "validation.csv").exists()
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(settings.model_dump(mode="json")))
+    assert main(["validate", "--params", str(params), "--report", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert "dataset INVALID: 1 problem(s)" in err and "broken.png" in err
