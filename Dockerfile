@@ -1,7 +1,11 @@
-# Runs the main job (`make run`) on the bundled sample data.
-# CPU base by default; for CUDA build with e.g.
-#   docker build --build-arg BASE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04 .
-# (a CUDA base must provide python3.11 with venv). Installs exactly as the README does: `make`.
+# Runs the pipeline flow once on the bundled sample data (`make flow`).
+#
+#   docker build -t nectargan .
+#   docker run --rm nectargan                  # CPU
+#   docker run --rm --gpus all nectargan       # GPU: the PyPI torch wheel carries its CUDA libraries
+#
+# BASE may be any Debian/Ubuntu image that has python3.11 with venv (e.g. a CUDA base with
+# Python 3.11 added). It installs exactly as the README's commands do: through `make`.
 ARG BASE=python:3.11-slim
 FROM ${BASE}
 
@@ -14,5 +18,6 @@ USER nectar
 WORKDIR /home/nectar/app
 COPY --chown=nectar:nectar . .
 
+ENV PREFECT_SERVER_ANALYTICS_ENABLED=false
 RUN make install
-CMD ["make", "run"]
+CMD ["make", "flow"]

@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install clean
+.PHONY: run test lint install flow serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,18 @@ run: $(STAMP)
 	@echo "MLflow UI:        .venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
 	@echo "Compare weights:  .venv/bin/dvc exp run -S train.loss.l1=50 && .venv/bin/dvc exp show"
 
+# The pipeline as one Prefect flow run on the sample data (what the Docker image runs).
+flow: $(STAMP)
+	nectargan sample-data
+	python -m flows
+
+# A local Prefect server on loopback, and the deployments served from this machine.
+serve: $(STAMP)
+	nectargan sample-data
+	prefect server start --host 127.0.0.1 --port 4200 > prefect-server.log 2>&1 & \
+	trap 'kill $$!' EXIT INT TERM; \
+	PREFECT_API_URL=http://127.0.0.1:4200/api python flows/serve.py --wait 120
+
 lint: $(STAMP)
 	ruff check .
 	ruff format --check .
@@ -36,4 +48,4 @@ test: lint
 	python -m pytest
 
 clean:
-	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache prefect-server.log

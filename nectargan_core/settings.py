@@ -546,3 +546,20 @@ def load_settings(path: Path | str = "params.yaml", overrides: list[str] | tuple
     for override in overrides:
         _apply_override(tree, override)
     return settings_from_dict(tree, str(path))
+
+
+def anchored(settings: Settings, base: Path) -> Settings:
+    """A copy with relative paths made absolute against ``base``, the project folder.
+
+    DVC and the CLI run in the project folder; a Prefect worker may not.
+    """
+    result = settings.model_copy(deep=True)
+    result.data.root = base / result.data.root
+    result.train.output_dir = base / result.train.output_dir
+    result.sample.out = base / result.sample.out
+    if result.train.loss.vgg_weights is not None:
+        result.train.loss.vgg_weights = base / result.train.loss.vgg_weights
+    source = result.train.continue_from
+    if source and not source.startswith("models:/"):
+        result.train.continue_from = str(base / source)
+    return result

@@ -179,3 +179,12 @@ def test_a_tracking_server_that_is_down_fails_fast(sample_root, tmp_path):
     with pytest.raises(TrackingUnavailable, match="no MLflow server answers"):
         connect(settings.tracking, tmp_path)
     assert time.monotonic() - started < 10
+
+
+def test_load_epoch_picks_another_checkpoint_of_the_parent_run(trained, sample_root):
+    project, _, _result, client = trained
+    first = download_checkpoint(client, "models:/nectargan-generator/1", project / "e1", epoch=1)
+    assert first.epoch == 1 and first.checkpoint.name == "epoch_0001.pt"
+    assert first.checkpoint.read_bytes() == (project / "outputs/train/checkpoints/epoch_0001.pt").read_bytes()
+    with pytest.raises(RegistryError, match="has no checkpoint for epoch 7; logged epochs: 1, 2"):
+        download_checkpoint(client, "models:/nectargan-generator/1", project / "e7", epoch=7)

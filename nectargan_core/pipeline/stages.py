@@ -24,7 +24,7 @@ from nectargan_core.pipeline.examples import export_examples
 from nectargan_core.pipeline.validate import ValidationResult, validate_dataset
 from nectargan_core.settings import Settings
 from nectargan_core.tracking.mlflow_run import MLflowCallback, connect, log_settings, run_tags, tracking_uri
-from nectargan_core.tracking.registry import download_checkpoint, register_checkpoint
+from nectargan_core.tracking.registry import RegisteredCheckpoint, download_checkpoint, register_checkpoint
 from nectargan_core.training.callbacks import TrainingCallback
 from nectargan_core.training.checkpoint import find_checkpoint
 from nectargan_core.training.trainer import RunPaths, train
@@ -62,26 +62,36 @@ def _update_summary(path: Path, extra: dict[str, object]) -> None:
     os.replace(tmp, path)
 
 
+def fetch_parent(settings: Settings, project_dir: Path) -> RegisteredCheckpoint | None:
+    """When continuing from ``models:/...``: resolve the alias to a version once and download its checkpoint."""
+    source = settings.train.continue_from
+    if not (settings.train.continue_train and source and source.startswith("models:/")):
+        return None
+    client, _ = connect(settings.tracking, project_dir)
+    destination = RunPaths(Path(settings.train.output_dir)).root / "parent"
+    shutil.rmtree(destination, ignore_errors=True)
+    return download_checkpoint(client, source, destination, settings.train.load_epoch)
+
+
 def train_stage(
     settings: Settings,
     project_dir: Path,
     callbacks: Sequence[TrainingCallback] = (),
     tags: dict[str, str] | None = None,
+    parent: RegisteredCheckpoint | None = None,
 ) -> TrainStageResult:
     """Train in a new MLflow run and register the final checkpoint.
 
     ``train.continue_from`` may name a registered model (``models:/NAME@ALIAS`` or
-    ``models:/NAME/VERSION``): the alias is resolved to a version once, its checkpoint is
-    downloaded, and the run is tagged with the parent version and run.
+    ``models:/NAME/VERSION``): it is fetched here unless the caller passes it as ``parent``
+    (the Prefect flow fetches in a task of its own, with retries). The run records the URI as
+    configured and is tagged with the parent version and run.
     """
     client, experiment_id = connect(settings.tracking, project_dir)
     paths = RunPaths(Path(settings.train.output_dir))
+    parent = parent or fetch_parent(settings, project_dir)
     run_settings, all_tags = settings, run_tags(settings, project_dir, tags)
-    source = settings.train.continue_from
-    if settings.train.continue_train and source and source.startswith("models:/"):
-        destination = paths.root / "parent"
-        shutil.rmtree(destination, ignore_errors=True)
-        parent = download_checkpoint(client, source, destination)
+    if parent is not None:
         run_settings = settings.model_copy(deep=True)
         run_settings.train.continue_from = str(parent.checkpoint)
         all_tags |= {"parent_model": parent.uri, "parent_model_version": parent.version, "parent_run_id": parent.run_id}

@@ -31,6 +31,7 @@ class RegisteredCheckpoint:
     version: str
     run_id: str
     checkpoint: Path  # local file
+    epoch: int
 
     @property
     def uri(self) -> str:
@@ -97,14 +98,34 @@ def resolve_model_version(client: MlflowClient, uri: str) -> tuple[str, str]:
     return name, str(aliases[alias])
 
 
-def download_checkpoint(client: MlflowClient, uri: str, destination: Path) -> RegisteredCheckpoint:
-    """Resolve ``uri`` to one version and download its checkpoint file into ``destination``."""
+def download_checkpoint(
+    client: MlflowClient, uri: str, destination: Path, epoch: int | str = "latest"
+) -> RegisteredCheckpoint:
+    """Resolve ``uri`` to one version and download its checkpoint into ``destination``.
+
+    ``epoch`` 'latest' takes the version's own (final) checkpoint; a number takes that epoch's
+    checkpoint from the artifacts of the run that produced the version.
+    """
     name, version = resolve_model_version(client, uri)
     model_version = client.get_model_version(name, version)
-    local = Path(
-        mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{name}/{version}", dst_path=str(destination))
-    )
-    files = sorted(local.glob("*.pt"))
+    version_epoch = int(model_version.tags.get("epoch", "0"))
+    if epoch == "latest" or int(epoch) == version_epoch:
+        artifact, chosen = f"models:/{name}/{version}", version_epoch
+    else:
+        logged = {
+            int(m.group(1)): a.path
+            for a in client.list_artifacts(model_version.run_id, "checkpoints")
+            if (m := re.search(r"epoch_(\d+)\.pt$", a.path))
+        }
+        if int(epoch) not in logged:
+            shown = ", ".join(map(str, sorted({*logged, version_epoch})))
+            raise RegistryError(
+                f"{uri} (version {version}, run {model_version.run_id}) has no checkpoint for epoch {epoch}; "
+                f"logged epochs: {shown}"
+            )
+        artifact, chosen = f"runs:/{model_version.run_id}/{logged[int(epoch)]}", int(epoch)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, dst_path=str(destination)))
+    files = [local] if local.is_file() else sorted(local.glob("*.pt"))
     if len(files) != 1:
-        raise RegistryError(f"models:/{name}/{version}: expected one checkpoint file, found {[f.name for f in files]}")
-    return RegisteredCheckpoint(name, version, model_version.run_id, files[0])
+        raise RegistryError(f"{artifact}: expected one checkpoint file, found {[f.name for f in files]}")
+    return RegisteredCheckpoint(name, version, model_version.run_id, files[0], chosen)

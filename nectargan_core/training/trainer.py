@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import multiprocessing
 import os
 import re
 import shutil
@@ -213,6 +214,15 @@ def _write_summary(paths: RunPaths, result: TrainResult, settings: Settings, dev
     os.replace(tmp, paths.summary)
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """A forkserver that has imported the data pipeline once, so per-epoch workers start fast."""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(
+        ["torch", "torchvision", "nectargan_core.data.dataset", "nectargan_core.data.transforms"]
+    )
+    return context
+
+
 def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> TrainResult:
     """Train (or continue) as configured; returns where the outputs are and the per-epoch history."""
     cfg = settings.train
@@ -263,6 +273,9 @@ def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> Tra
         generator=generator,
         num_workers=settings.data.num_workers,
         pin_memory=device.type == "cuda",
+        # Workers start from a clean forkserver, not a fork of this process: a fork inherits the
+        # threads of whatever hosts training (Prefect, MLflow's system metrics) and can hang or die.
+        multiprocessing_context=_worker_context() if settings.data.num_workers > 0 else None,
     )
     loss_log = LossLog(paths.loss_log) if settings.logging.log_losses else None
     total = cfg.total_epochs

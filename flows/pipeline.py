@@ -1,0 +1,164 @@
+"""The Prefect flow: validate -> (fetch parent) -> train -> examples -> evaluate.
+
+Each task is a thin wrapper over a stage function of ``nectargan_core.pipeline.stages`` (the
+same ones `dvc repro` runs) and passes paths, ids and small results, never models or tensors.
+Tasks are called directly, so they run on the flow's main thread: a cancelled flow run stops
+training there (Prefect turns the runner's SIGTERM into an exception, which also writes the
+cached loss log).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from nectargan_core.pipeline.evaluate import EvaluationResult
+from nectargan_core.pipeline.stages import (
+    DatasetInvalid,
+    TrainStageResult,
+    evaluate_stage,
+    examples_stage,
+    fetch_parent,
+    train_stage,
+    validate_stage,
+)
+from nectargan_core.settings import Settings, anchored, load_settings
+from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
+from nectargan_core.training.callbacks import ConsoleReporter, EpochSummary, TrainingCallback
+from nectargan_core.training.checkpoint import CheckpointError
+
+
+class ProgressArtifact(TrainingCallback):
+    """Training progress as a Prefect progress artifact, updated once per epoch."""
+
+    def __init__(self) -> None:
+        self.artifact_id = None
+        self.total = 1
+
+    def on_train_start(self, start_epoch: int, total_epochs: int, changed: list[str]) -> None:
+        self.total = total_epochs
+        self.artifact_id = create_progress_artifact(
+            progress=100.0 * (start_epoch - 1) / total_epochs, key="training-progress", description="epochs done"
+        )
+
+    def on_epoch_end(self, summary: EpochSummary) -> None:
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, progress=100.0 * summary.epoch / self.total)
+
+
+@task(name="validate dataset", cache_policy=NO_CACHE)
+def validate_task(settings: Settings, project_dir: Path) -> int:
+    """Returns the number of pairs; a failing dataset becomes a table artifact and stops the flow."""
+    report_dir = project_dir / "outputs" / "validation"
+    try:
+        result = validate_stage(settings, report_dir)
+    except DatasetInvalid as exc:
+        create_table_artifact(exc.result.failures, key="dataset-validation", description=exc.result.table())
+        raise
+    rows = [{"rule": "every rule", "result": "passed", "pairs": result.pairs, "report": str(result.report_csv)}]
+    create_table_artifact(rows, key="dataset-validation", description=result.table())
+    return result.pairs
+
+
+def _io_failure(task, task_run, state) -> bool:
+    """Retry downloads that failed on I/O, not lookups that can never succeed."""
+    return not isinstance(state.result(raise_on_failure=False), RegistryError | CheckpointError | ValueError)
+
+
+@task(
+    name="fetch registered checkpoint",
+    retries=2,
+    retry_delay_seconds=5,
+    retry_condition_fn=_io_failure,
+    cache_policy=NO_CACHE,
+)
+def fetch_task(settings: Settings, project_dir: Path) -> RegisteredCheckpoint | None:
+    return fetch_parent(settings, project_dir)
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(settings: Settings, project_dir: Path, parent: RegisteredCheckpoint | None) -> TrainStageResult:
+    tags = {"prefect_flow_run_id": str(flow_run.id)}
+    return train_stage(settings, project_dir, [ConsoleReporter(), ProgressArtifact()], tags=tags, parent=parent)
+
+
+@task(name="export examples", cache_policy=NO_CACHE)
+def examples_task(settings: Settings, project_dir: Path) -> list[Path]:
+    return examples_stage(settings, project_dir, project_dir / "outputs" / "examples")
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(settings: Settings, project_dir: Path) -> EvaluationResult:
+    return evaluate_stage(settings, project_dir, project_dir / "outputs" / "eval")
+
+
+def _summary(trained: TrainStageResult, evaluation: EvaluationResult, settings: Settings) -> str:
+    metrics = "\n".join(f"| {name} | {value:.4f} |" for name, value in evaluation.metrics.items())
+    return (
+        f"# NectarGAN run {trained.run_id}\n\n"
+        f"- trained to epoch **{trained.last_epoch}**, checkpoint `{trained.checkpoint}`\n"
+        f"- registered `models:/{settings.tracking.registered_model}/{trained.model_version}` "
+        f"(alias `{settings.tracking.alias}`)\n"
+        f"- MLflow run `{trained.run_id}` in experiment `{settings.tracking.experiment}`\n\n"
+        f"## Evaluation on {evaluation.split}\n\n| metric | mean |\n|---|---:|\n{metrics}\n"
+    )
+
+
+def _extend(settings: Settings, parent: RegisteredCheckpoint | None, more_epochs: int) -> Settings:
+    if parent is None:
+        raise ValueError("more_epochs needs continue_from to name a registered model (models:/NAME@ALIAS)")
+    extended = settings.model_copy(deep=True)
+    for schedule in (extended.train.generator, extended.train.discriminator):
+        schedule.epochs, schedule.epochs_decay = parent.epoch + more_epochs, 0
+    return extended
+
+
+@flow(name="nectargan-pipeline", log_prints=True)
+def pipeline(
+    settings: Settings | None = None,
+    continue_from: str | None = None,
+    more_epochs: int = 0,
+    project_dir: str = ".",
+) -> dict[str, object]:
+    """Validate the dataset, train (or continue), export examples and evaluate.
+
+    settings: every setting of params.yaml (None: read project_dir/params.yaml).
+    continue_from: a registered checkpoint (models:/NAME@ALIAS, models:/NAME/VERSION) or a
+    checkpoint path to continue from; train.load_epoch picks another epoch of that run.
+    more_epochs: with a registered continue_from, train this many epochs past the parent's epoch
+    at the initial learning rate (for scheduled fine-tuning; 0 = the configured total).
+    """
+    project = Path(project_dir).resolve()
+    settings = anchored(settings or load_settings(project / "params.yaml"), project)
+    if continue_from:
+        settings = settings.model_copy(deep=True)
+        settings.train.continue_train = True
+        settings.train.continue_from = continue_from
+    try:
+        validate_task(settings, project)
+        parent = fetch_task(settings, project)
+        if more_epochs:
+            settings = _extend(settings, parent, more_epochs)
+        trained = train_task(settings, project, parent)
+        examples_task(settings, project)
+        evaluation = evaluate_task(settings, project)
+    except BaseException as exc:
+        create_markdown_artifact(f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {exc}\n", key="run-summary")
+        raise
+    create_markdown_artifact(_summary(trained, evaluation, settings), key="run-summary")
+    get_run_logger().info("MLflow run %s, model version %s", trained.run_id, trained.model_version)
+    return {
+        "mlflow_run_id": trained.run_id,
+        "model_version": trained.model_version,
+        "last_epoch": trained.last_epoch,
+        "metrics": evaluation.metrics,
+    }

@@ -1,0 +1,147 @@
+"""A real Prefect server on a loopback port, the served deployments, and a run triggered through the API."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+TRIGGER = """
+import json, sys, time
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+
+with get_client(sync_client=True) as client:  # serve registers the deployments as it starts
+    for _ in range(120):
+        try:
+            client.read_deployment_by_name("nectargan-pipeline/nightly-continue")
+            break
+        except ObjectNotFound:
+            time.sleep(0.5)
+flow_run = run_deployment("nectargan-pipeline/train", parameters=json.loads(sys.argv[1]), timeout=240)
+with get_client(sync_client=True) as client:
+    nightly = client.read_deployment_by_name("nectargan-pipeline/nightly-continue")
+    train = client.read_deployment_by_name("nectargan-pipeline/train")
+    for _ in range(60):  # the server's scheduler service creates the upcoming nightly runs
+        scheduled = [r for r in client.read_flow_runs() if r.deployment_id == nightly.id]
+        if scheduled:
+            break
+        time.sleep(0.5)
+print(json.dumps({
+    "scheduled": sorted((r.state.type.value, r.expected_start_time.strftime("%H:%M")) for r in scheduled),
+    "state": flow_run.state.type.value,
+    "message": flow_run.state.message,
+    "nightly_crons": [s.schedule.cron for s in nightly.schedules],
+    "nightly_params": nightly.parameters,
+    "limits": [train.global_concurrency_limit.limit, nightly.global_concurrency_limit.limit],
+    "settings_schema": sorted(train.parameter_openapi_schema["properties"]),
+}))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"prefect server exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(1)
+    pytest.fail(f"prefect server not healthy after {seconds}s:\n{log.read_text()[-3000:]}")
+
+
+@pytest.fixture(scope="module")
+def prefect_env(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-server")
+    port = _free_port()
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(home),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "false",
+    }
+    log = home / "server.log"
+    with log.open("w") as handle:
+        server = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        _wait_healthy(f"http://127.0.0.1:{port}/api/health", server, log)
+        yield env
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_served_deployment_runs_with_parameters(prefect_env, sample_root, tmp_path):
+    project = tmp_path / "project"
+    project.mkdir()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["data"].update(root=str(sample_root), load_size=36, crop_size=32, batch_size=2)
+    params["model"]["generator"].update(features=8, n_downs=1, dropout_blocks=2)
+    params["model"]["discriminator"].update(features=8)
+    params["train"].update(generator={"epochs": 1, "epochs_decay": 0}, checkpoint_every=1, num_examples=1, device="cpu")
+    params["tracking"]["system_metrics"] = False
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+    serve_log = project / "serve.log"
+    with serve_log.open("w") as handle:
+        served = subprocess.Popen(
+            [sys.executable, "flows/serve.py", "--params", str(project / "params.yaml")],
+            cwd=ROOT,
+            env=prefect_env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        settings = dict(params)
+        settings["train"] = {**params["train"], "loss": {**params["train"]["loss"], "l1": 42.0}}
+        trigger = subprocess.run(
+            [sys.executable, "-c", TRIGGER, json.dumps({"settings": settings})],
+            env=prefect_env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        served.terminate()
+        served.wait(timeout=30)
+    assert trigger.returncode == 0, f"{trigger.stderr[-3000:]}\n--- serve log ---\n{serve_log.read_text()[-3000:]}"
+    report = json.loads(trigger.stdout.strip().splitlines()[-1])
+    assert report["state"] == "COMPLETED", f"{report}\n--- serve log ---\n{serve_log.read_text()[-3000:]}"
+    assert report["nightly_crons"] == ["0 2 * * *"]
+    assert report["scheduled"] and all(run == ["SCHEDULED", "02:00"] for run in report["scheduled"])
+    assert report["nightly_params"]["continue_from"] == "models:/nectargan-generator@latest"
+    assert report["limits"] == [1, 1]
+    assert {"settings", "continue_from", "more_epochs", "project_dir"} <= set(report["settings_schema"])
+
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    (run,) = client.search_runs([client.get_experiment_by_name("nectargan").experiment_id])
+    assert run.data.params["train.loss.l1"] == "42.0"
+    assert run.data.tags["prefect_flow_run_id"]
+    assert (project / "outputs" / "eval" / "metrics.json").exists()

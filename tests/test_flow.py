@@ -1,0 +1,104 @@
+"""The Prefect flow under the Prefect test harness, with a real MLflow store and tiny settings."""
+
+import os
+import tempfile
+
+os.environ.setdefault("PREFECT_HOME", tempfile.mkdtemp(prefix="prefect-home-"))
+os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
+
+import pytest
+from mlflow import MlflowClient
+from prefect.testing.utilities import prefect_test_harness
+
+from flows.pipeline import pipeline
+from nectargan_core.settings import settings_from_dict
+from nectargan_core.tracking.registry import RegistryError
+from nectargan_core.training.checkpoint import CheckpointError
+
+from .test_training import epoch_rows
+
+
+def tiny(root, **train):
+    return settings_from_dict(
+        {
+            "seed": 5,
+            "data": {"root": str(root), "load_size": 36, "crop_size": 32, "batch_size": 2},
+            "model": {
+                "generator": {"features": 8, "n_downs": 1, "dropout_blocks": 2},
+                "discriminator": {"features": 8},
+            },
+            "train": {
+                "generator": {"epochs": 2, "epochs_decay": 0},
+                "checkpoint_every": 1,
+                "num_examples": 2,
+                "device": "cpu",
+                **train,
+            },
+            "tracking": {"system_metrics": False},
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def harness():
+    with prefect_test_harness():
+        yield
+
+
+@pytest.fixture(scope="module")
+def first_run(harness, sample_root, tmp_path_factory):
+    project = tmp_path_factory.mktemp("flow-project")
+    result = pipeline(settings=tiny(sample_root), project_dir=str(project))
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}", f"sqlite:///{project / 'mlflow.db'}")
+    return project, result, client
+
+
+def test_the_flow_runs_every_stage(first_run):
+    project, result, client = first_run
+    assert result["last_epoch"] == 2 and result["model_version"] == "1"
+    assert set(result["metrics"]) == {"l1", "l2", "psnr", "ssim", "sobel", "laplacian"}
+    for path in (
+        "outputs/validation/validation.csv",
+        "outputs/train/checkpoints/epoch_0002.pt",
+        "outputs/examples/epoch_0002_sample_01.png",
+        "outputs/eval/metrics.json",
+    ):
+        assert (project / path).exists(), path
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["prefect_flow_run_id"] not in ("", "None")
+    assert "eval/ssim" in run.data.metrics
+
+
+def test_continue_from_the_registered_version(first_run, sample_root):
+    project, first, client = first_run
+    result = pipeline(
+        settings=tiny(sample_root),
+        continue_from="models:/nectargan-generator@current",
+        more_epochs=2,
+        project_dir=str(project),
+    )
+    assert result["last_epoch"] == 4 and result["model_version"] == "2"
+    assert [row["epoch"] for row in epoch_rows(project / "outputs" / "train")] == ["3", "4"]
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.tags["parent_model_version"] == "1"
+    assert run.data.tags["parent_run_id"] == first["mlflow_run_id"]
+    assert run.data.params["train.continue_from"] == "models:/nectargan-generator@current"
+    assert run.data.params["train.generator.epochs"] == "4"
+
+
+def test_missing_alias_fails_before_training_and_names_what_exists(first_run, sample_root):
+    project, _, _ = first_run
+    with pytest.raises(RegistryError, match=r"no alias 'nightly'; aliases: current -> \d"):
+        pipeline(
+            settings=tiny(sample_root), continue_from="models:/nectargan-generator@nightly", project_dir=str(project)
+        )
+
+
+def test_mismatched_architecture_fails_before_training(first_run, sample_root):
+    project, _, _ = first_run
+    wide = tiny(sample_root, generator={"epochs": 9, "epochs_decay": 0})
+    wide.model.generator.features = 16
+    wide.train.output_dir = project / "outputs" / "wide"
+    with pytest.raises(CheckpointError, match=r"model\.generator\.features: checkpoint 8, settings 16"):
+        pipeline(settings=wide, continue_from="models:/nectargan-generator/1", project_dir=str(project))
+    assert not (project / "outputs" / "wide" / "epochs.csv").exists()
