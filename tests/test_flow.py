@@ -8,6 +8,7 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 
 import pytest
 from mlflow import MlflowClient
+from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
@@ -67,6 +68,9 @@ def test_the_flow_runs_every_stage(first_run):
     run = client.get_run(result["mlflow_run_id"])
     assert run.data.tags["prefect_flow_run_id"] not in ("", "None")
     assert "eval/ssim" in run.data.metrics
+    summary = Artifact.get("run-summary")
+    assert result["mlflow_run_id"] in summary.data and "## Evaluation on test" in summary.data
+    assert Artifact.get("dataset-validation").type == "table"
 
 
 def test_continue_from_the_registered_version(first_run, sample_root):
@@ -102,3 +106,10 @@ def test_mismatched_architecture_fails_before_training(first_run, sample_root):
     with pytest.raises(CheckpointError, match=r"model\.generator\.features: checkpoint 8, settings 16"):
         pipeline(settings=wide, continue_from="models:/nectargan-generator/1", project_dir=str(project))
     assert not (project / "outputs" / "wide" / "epochs.csv").exists()
+    summary = Artifact.get("run-summary")
+    assert "NectarGAN run failed" in summary.data and "CheckpointError" in summary.data
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}", f"sqlite:///{project / 'mlflow.db'}")
+    newest = client.search_runs(
+        [client.get_experiment_by_name("nectargan").experiment_id], order_by=["attributes.start_time DESC"]
+    )[0]
+    assert newest.info.status == "FAILED"
