@@ -12,32 +12,11 @@ from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
-from nectargan_core.settings import settings_from_dict
 from nectargan_core.tracking.registry import RegistryError
 from nectargan_core.training.checkpoint import CheckpointError
 
+from .helpers import tiny_settings
 from .test_training import epoch_rows
-
-
-def tiny(root, **train):
-    return settings_from_dict(
-        {
-            "seed": 5,
-            "data": {"root": str(root), "load_size": 36, "crop_size": 32, "batch_size": 2},
-            "model": {
-                "generator": {"features": 8, "n_downs": 1, "dropout_blocks": 2},
-                "discriminator": {"features": 8},
-            },
-            "train": {
-                "generator": {"epochs": 2, "epochs_decay": 0},
-                "checkpoint_every": 1,
-                "num_examples": 2,
-                "device": "cpu",
-                **train,
-            },
-            "tracking": {"system_metrics": False},
-        }
-    )
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +28,7 @@ def harness():
 @pytest.fixture(scope="module")
 def first_run(harness, sample_root, tmp_path_factory):
     project = tmp_path_factory.mktemp("flow-project")
-    result = pipeline(settings=tiny(sample_root), project_dir=str(project))
+    result = pipeline(settings=tiny_settings(sample_root), project_dir=str(project))
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}", f"sqlite:///{project / 'mlflow.db'}")
     return project, result, client
 
@@ -76,7 +55,7 @@ def test_the_flow_runs_every_stage(first_run):
 def test_continue_from_the_registered_version(first_run, sample_root):
     project, first, client = first_run
     result = pipeline(
-        settings=tiny(sample_root),
+        settings=tiny_settings(sample_root),
         continue_from="models:/nectargan-generator@current",
         more_epochs=2,
         project_dir=str(project),
@@ -94,13 +73,15 @@ def test_missing_alias_fails_before_training_and_names_what_exists(first_run, sa
     project, _, _ = first_run
     with pytest.raises(RegistryError, match=r"no alias 'nightly'; aliases: current -> \d"):
         pipeline(
-            settings=tiny(sample_root), continue_from="models:/nectargan-generator@nightly", project_dir=str(project)
+            settings=tiny_settings(sample_root),
+            continue_from="models:/nectargan-generator@nightly",
+            project_dir=str(project),
         )
 
 
 def test_mismatched_architecture_fails_before_training(first_run, sample_root):
     project, _, _ = first_run
-    wide = tiny(sample_root, generator={"epochs": 9, "epochs_decay": 0})
+    wide = tiny_settings(sample_root, generator={"epochs": 9, "epochs_decay": 0})
     wide.model.generator.features = 16
     wide.train.output_dir = project / "outputs" / "wide"
     with pytest.raises(CheckpointError, match=r"model\.generator\.features: checkpoint 8, settings 16"):

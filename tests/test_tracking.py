@@ -6,34 +6,16 @@ import time
 import pytest
 
 from nectargan_core.pipeline.stages import evaluate_stage, examples_stage, train_stage
-from nectargan_core.settings import settings_from_dict
 from nectargan_core.tracking.mlflow_run import TrackingUnavailable, connect, settings_params
 from nectargan_core.tracking.registry import RegistryError, download_checkpoint
 from nectargan_core.training.checkpoint import CheckpointError
 
+from .helpers import tiny_settings
 from .test_training import epoch_rows
 
 
 def tiny(root, project, **train):
-    return settings_from_dict(
-        {
-            "seed": 3,
-            "data": {"root": str(root), "load_size": 36, "crop_size": 32, "batch_size": 2},
-            "model": {
-                "generator": {"features": 8, "n_downs": 1, "dropout_blocks": 2},
-                "discriminator": {"features": 8},
-            },
-            "train": {
-                "output_dir": str(project / "outputs" / "train"),
-                "generator": {"epochs": 2, "epochs_decay": 0},
-                "checkpoint_every": 1,
-                "num_examples": 2,
-                "device": "cpu",
-                **train,
-            },
-            "tracking": {"system_metrics": False},
-        }
-    )
+    return tiny_settings(root, project / "outputs" / "train", **train)
 
 
 @pytest.fixture(scope="module")

@@ -7,43 +7,14 @@ import torch
 from PIL import Image
 
 from nectargan_core.cli import main
-from nectargan_core.settings import settings_from_dict
 from nectargan_core.training.callbacks import TrainingCallback
 from nectargan_core.training.checkpoint import CheckpointError, load_checkpoint
 from nectargan_core.training.records import LossLog
 from nectargan_core.training.trainer import NonFiniteLossError, train
 
+from .helpers import tiny_settings
+
 LOSS_COLUMNS = ("loss_d", "loss_g", "gan", "l1", "sobel")
-
-
-def tiny(root, out, **train_overrides):
-    """32 px crops, 8-feature networks, 3 steps per epoch on the 6-image sample train split."""
-    train_cfg = {
-        "output_dir": str(out),
-        "generator": {"epochs": 2, "epochs_decay": 0},
-        "checkpoint_every": 1,
-        "keep_checkpoints": 10,
-        "num_examples": 2,
-        "device": "cpu",
-    }
-    for key, value in train_overrides.items():
-        node = train_cfg
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return settings_from_dict(
-        {
-            "seed": 7,
-            "data": {"root": str(root), "load_size": 36, "crop_size": 32, "batch_size": 2},
-            "model": {
-                "generator": {"features": 8, "n_downs": 1, "dropout_blocks": 2},
-                "discriminator": {"features": 8},
-            },
-            "train": train_cfg,
-            "logging": {"dump_frequency": 5, "progress_every": 2},
-        }
-    )
 
 
 def epoch_rows(out):
@@ -57,7 +28,7 @@ def losses(rows):
 
 def test_training_writes_every_output(sample_root, tmp_path):
     out = tmp_path / "run"
-    result = train(tiny(sample_root, out, **{"generator.epochs": 3}))
+    result = train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
     assert (result.start_epoch, result.last_epoch) == (1, 3)
     assert result.checkpoint == out / "checkpoints" / "epoch_0003.pt"
     rows = epoch_rows(out)
@@ -78,19 +49,19 @@ def test_training_writes_every_output(sample_root, tmp_path):
 
 
 def test_same_seed_same_losses(sample_root, tmp_path):
-    train(tiny(sample_root, tmp_path / "a"))
-    train(tiny(sample_root, tmp_path / "b"))
+    train(tiny_settings(sample_root, tmp_path / "a"))
+    train(tiny_settings(sample_root, tmp_path / "b"))
     assert losses(epoch_rows(tmp_path / "a")) == losses(epoch_rows(tmp_path / "b"))
-    other = tiny(sample_root, tmp_path / "c")
+    other = tiny_settings(sample_root, tmp_path / "c")
     other.seed = 8
     train(other)
     assert losses(epoch_rows(tmp_path / "a")) != losses(epoch_rows(tmp_path / "c"))
 
 
 def test_continue_equals_uninterrupted(sample_root, tmp_path):
-    train(tiny(sample_root, tmp_path / "full", **{"generator.epochs": 4}))
-    train(tiny(sample_root, tmp_path / "split", **{"generator.epochs": 2}))
-    resumed = tiny(sample_root, tmp_path / "split", **{"generator.epochs": 4, "continue_train": True})
+    train(tiny_settings(sample_root, tmp_path / "full", **{"generator.epochs": 4}))
+    train(tiny_settings(sample_root, tmp_path / "split", **{"generator.epochs": 2}))
+    resumed = tiny_settings(sample_root, tmp_path / "split", **{"generator.epochs": 4, "continue_train": True})
     result = train(resumed)
     assert result.start_epoch == 3
     assert result.changed_settings == ["train.generator.epochs: 2 -> 4"]
@@ -111,12 +82,12 @@ class StopAfter(TrainingCallback):
 
 def test_interrupted_run_continues_exactly_with_the_lr_decay(sample_root, tmp_path):
     decay = {"generator.epochs": 2, "generator.epochs_decay": 2}
-    train(tiny(sample_root, tmp_path / "full", **decay))
+    train(tiny_settings(sample_root, tmp_path / "full", **decay))
     with pytest.raises(KeyboardInterrupt):
-        train(tiny(sample_root, tmp_path / "cut", **decay), [StopAfter(2)])
+        train(tiny_settings(sample_root, tmp_path / "cut", **decay), [StopAfter(2)])
     with (tmp_path / "cut" / "loss_log.csv").open() as handle:
         assert {row["epoch"] for row in csv.DictReader(handle)} == {"1", "2"}  # cache written on Ctrl+C
-    result = train(tiny(sample_root, tmp_path / "cut", continue_train=True, load_epoch=2, **decay))
+    result = train(tiny_settings(sample_root, tmp_path / "cut", continue_train=True, load_epoch=2, **decay))
     assert result.start_epoch == 3 and result.changed_settings == []
     full, cut = epoch_rows(tmp_path / "full"), epoch_rows(tmp_path / "cut")
     assert losses(cut) == losses(full)
@@ -127,8 +98,8 @@ def test_interrupted_run_continues_exactly_with_the_lr_decay(sample_root, tmp_pa
 
 def test_persisted_checkpoints_are_never_used_silently(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out, **{"generator.epochs": 3}))
-    result = train(tiny(sample_root, out))
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
+    result = train(tiny_settings(sample_root, out))
     assert result.start_epoch == 1
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
     assert [int(r["epoch"]) for r in epoch_rows(out)] == [1, 2]
@@ -138,7 +109,7 @@ def test_persisted_checkpoints_are_never_used_silently(sample_root, tmp_path):
     assert [int(r["epoch"]) for r in epoch_rows(previous)] == [1, 2, 3]
     with pytest.raises(CheckpointError, match="which this run would replace"):
         train(
-            tiny(
+            tiny_settings(
                 sample_root,
                 out,
                 continue_train=True,
@@ -150,8 +121,8 @@ def test_persisted_checkpoints_are_never_used_silently(sample_root, tmp_path):
 
 def test_changed_architecture_is_refused(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out))
-    wider = tiny(sample_root, out, continue_train=True)
+    train(tiny_settings(sample_root, out))
+    wider = tiny_settings(sample_root, out, continue_train=True)
     wider.model.generator.features = 16
     wider.data.input_channels = 1
     with pytest.raises(CheckpointError) as info:
@@ -166,18 +137,18 @@ def test_changed_architecture_is_refused(sample_root, tmp_path):
 def test_missing_epoch_and_missing_checkpoints_are_named(sample_root, tmp_path):
     out = tmp_path / "run"
     with pytest.raises(CheckpointError, match="no checkpoints"):
-        train(tiny(sample_root, out, continue_train=True))
-    train(tiny(sample_root, out))
+        train(tiny_settings(sample_root, out, continue_train=True))
+    train(tiny_settings(sample_root, out))
     with pytest.raises(CheckpointError, match="no checkpoint for epoch 7; available epochs: 1, 2"):
-        train(tiny(sample_root, out, continue_train=True, load_epoch=7))
+        train(tiny_settings(sample_root, out, continue_train=True, load_epoch=7))
     with pytest.raises(CheckpointError, match="registered models are resolved by the pipeline"):
-        train(tiny(sample_root, out, continue_train=True, continue_from="models:/facades@latest"))
+        train(tiny_settings(sample_root, out, continue_train=True, continue_from="models:/facades@latest"))
 
 
 def test_continue_from_an_explicit_checkpoint_path(sample_root, tmp_path):
-    train(tiny(sample_root, tmp_path / "parent"))
+    train(tiny_settings(sample_root, tmp_path / "parent"))
     source = tmp_path / "parent" / "checkpoints" / "epoch_0001.pt"
-    child = tiny(sample_root, tmp_path / "child", continue_train=True, continue_from=str(source))
+    child = tiny_settings(sample_root, tmp_path / "child", continue_train=True, continue_from=str(source))
     child.train.loss.l1 = 50.0
     result = train(child)
     assert result.start_epoch == 2 and result.last_epoch == 2
@@ -187,7 +158,7 @@ def test_continue_from_an_explicit_checkpoint_path(sample_root, tmp_path):
 
 def test_checkpoint_holds_the_full_state_and_retention_bounds_disk(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out, keep_checkpoints=2, **{"generator.epochs": 4}))
+    train(tiny_settings(sample_root, out, keep_checkpoints=2, **{"generator.epochs": 4}))
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0003.pt", "epoch_0004.pt"]
     state = torch.load(out / "checkpoints" / "epoch_0004.pt", weights_only=True)
     assert state["format_version"] == 1 and state["epoch"] == 4 and state["seed"] == 7
@@ -198,7 +169,7 @@ def test_checkpoint_holds_the_full_state_and_retention_bounds_disk(sample_root, 
 
 def test_example_strips_show_fixed_samples(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out))
+    train(tiny_settings(sample_root, out))
     strips = sorted((out / "examples").glob("*.png"))
     assert [p.name for p in strips] == [
         "epoch_0001_sample_00.png",
@@ -214,7 +185,7 @@ def test_example_strips_show_fixed_samples(sample_root, tmp_path):
 
 def test_weight_schedules_switch_losses_on_by_epoch(sample_root, tmp_path):
     out = tmp_path / "run"
-    settings = tiny(sample_root, out)
+    settings = tiny_settings(sample_root, out)
     settings.train.loss = settings.train.loss.model_validate(
         {"schedules": {"sobel": {"initial": 0.0, "target": 4.0, "start_epoch": 1, "end_epoch": 2}}}
     )
@@ -226,8 +197,8 @@ def test_weight_schedules_switch_losses_on_by_epoch(sample_root, tmp_path):
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out, **{"generator.epochs": 1}))
-    blowup = tiny(sample_root, out, continue_train=True, **{"generator.epochs": 2})
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 1}))
+    blowup = tiny_settings(sample_root, out, continue_train=True, **{"generator.epochs": 2})
     blowup.train.loss.l1 = 1e39  # overflows float32: the G loss is infinite
     with pytest.raises(NonFiniteLossError) as info:
         train(blowup)
@@ -242,7 +213,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample_root, t
 @pytest.mark.parametrize("extra", [{"precision": "bf16"}, {"channels_last": True}])
 def test_bf16_autocast_and_channels_last_run_on_cpu(sample_root, tmp_path, extra):
     out = tmp_path / "run"
-    train(tiny(sample_root, out, **{"generator.epochs": 1}, **extra))
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 1}, **extra))
     row = epoch_rows(out)[0]
     assert np.isfinite(float(row["loss_g"])) and float(row["loss_g"]) > 0
 
@@ -278,7 +249,7 @@ class LogLinesAtEpochEnd(TrainingCallback):
 
 def test_loss_log_is_appended_every_dump_frequency_epochs(sample_root, tmp_path):
     out = tmp_path / "run"
-    settings = tiny(sample_root, out, checkpoint_every=10, **{"generator.epochs": 3})
+    settings = tiny_settings(sample_root, out, checkpoint_every=10, **{"generator.epochs": 3})
     settings.logging.dump_frequency = 2
     watcher = LogLinesAtEpochEnd(out / "loss_log.csv")
     train(settings, [watcher])
@@ -289,14 +260,14 @@ def test_loss_log_is_appended_every_dump_frequency_epochs(sample_root, tmp_path)
 
 def test_continuing_past_the_total_is_an_error(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out))
+    train(tiny_settings(sample_root, out))
     with pytest.raises(CheckpointError, match="at epoch 2 and the configured total is 2"):
-        train(tiny(sample_root, out, continue_train=True))
+        train(tiny_settings(sample_root, out, continue_train=True))
 
 
 def test_data_loader_workers_keep_continue_exact(sample_root, tmp_path):
     def workers(out, **kw):
-        settings = tiny(sample_root, out, **kw)
+        settings = tiny_settings(sample_root, out, **kw)
         settings.data.num_workers = 2
         return settings
 
@@ -309,10 +280,10 @@ def test_data_loader_workers_keep_continue_exact(sample_root, tmp_path):
 
 def test_separate_schedules_drive_the_discriminator(sample_root, tmp_path):
     out = tmp_path / "run"
-    settings = tiny(sample_root, out, separate_schedules=True, **{"discriminator.initial": 1e-3})
+    settings = tiny_settings(sample_root, out, separate_schedules=True, **{"discriminator.initial": 1e-3})
     train(settings)
     assert {(r["lr_g"], r["lr_d"]) for r in epoch_rows(out)} == {("0.0002", "0.001")}
-    shared = tiny(sample_root, tmp_path / "shared", **{"discriminator.initial": 1e-3})
+    shared = tiny_settings(sample_root, tmp_path / "shared", **{"discriminator.initial": 1e-3})
     train(shared)
     assert {r["lr_d"] for r in epoch_rows(tmp_path / "shared")} == {"0.0002"}
 
@@ -321,7 +292,7 @@ def test_nan_weights_are_never_checkpointed(sample_root, tmp_path):
     from nectargan_core.training.step import GANStep
     from nectargan_core.training.trainer import _check_finite_weights
 
-    step = GANStep(tiny(sample_root, tmp_path), torch.device("cpu"), None)
+    step = GANStep(tiny_settings(sample_root, tmp_path), torch.device("cpu"), None)
     _check_finite_weights(step, 1, None)  # fresh weights pass
     with torch.no_grad():
         next(step.discriminator.parameters())[0] = float("nan")
@@ -331,14 +302,14 @@ def test_nan_weights_are_never_checkpointed(sample_root, tmp_path):
 
 def test_checkpoints_are_readable_by_others(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out, **{"generator.epochs": 1}))
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 1}))
     mode = (out / "checkpoints" / "epoch_0001.pt").stat().st_mode
     assert mode & 0o044 == 0o044  # group/other can read (umask 022)
 
 
 def test_cli_train_command(sample_root, tmp_path, capsys):
     params = tmp_path / "params.yaml"
-    settings = tiny(sample_root, tmp_path / "run", **{"generator.epochs": 1})
+    settings = tiny_settings(sample_root, tmp_path / "run", **{"generator.epochs": 1})
     settings.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     params.write_text(json.dumps(settings.model_dump(mode="json")))
     assert main(["train", "--params", str(params)]) == 0
@@ -352,8 +323,8 @@ def test_cli_train_command(sample_root, tmp_path, capsys):
 
 def test_continuing_from_an_earlier_epoch_replaces_the_later_records(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny(sample_root, out, **{"generator.epochs": 3}))
-    again = tiny(sample_root, out, continue_train=True, load_epoch=1, **{"generator.epochs": 3})
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
+    again = tiny_settings(sample_root, out, continue_train=True, load_epoch=1, **{"generator.epochs": 3})
     again.train.loss.l1 = 10.0
     result = train(again)
     assert result.start_epoch == 2
