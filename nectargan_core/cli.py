@@ -107,9 +107,32 @@ def _cmd_examples(args: argparse.Namespace) -> int:
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from nectargan_core.pipeline.stages import evaluate_stage
 
-    result = evaluate_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out)
+    result = evaluate_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out, args.samples)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
-    print(f"evaluated epoch {result.epoch} on {result.split}: {shown}; table {result.table}")
+    print(f"evaluated epoch {result.epoch} on {result.split}: {shown}")
+    for notice in result.notices:
+        print(notice)
+    print(f"table {result.table}; report {result.report}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from nectargan_core.pipeline.stages import export_stage
+
+    result = export_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out, args.opset)
+    diffs = ", ".join(f"{case}: {value:.2e}" for case, value in result.max_abs_diff.items())
+    print(
+        f"exported epoch {result.epoch} to {result.path}; max |onnxruntime - torch| {diffs} (bound {result.tolerance})"
+    )
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from nectargan_core.pipeline.predict import predict_folder
+
+    settings = load_settings(args.params, args.overrides)
+    written = predict_folder(args.model, args.input, args.out, settings, Path.cwd(), args.mode)
+    print(f"{len(written)} images written to {args.out}")
     return 0
 
 
@@ -146,7 +169,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="stage evaluate: per-image metrics of the final checkpoint on test")
     _add_params_args(p)
     p.add_argument("--out", type=Path, default=Path("outputs/eval"), help="output folder (%(default)s)")
+    p.add_argument("--samples", type=int, default=3, help="best/worst images shown per metric (%(default)s)")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export", help="stage export: the final generator as ONNX, checked against PyTorch")
+    _add_params_args(p)
+    p.add_argument("--out", type=Path, default=Path("outputs/export/generator.onnx"), help="(%(default)s)")
+    p.add_argument("--opset", type=int, default=18, help="ONNX opset (%(default)s)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="run a checkpoint, models:/ URI or ONNX file over a folder of images")
+    _add_params_args(p)
+    p.add_argument("--model", required=True, help="checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION or .onnx")
+    p.add_argument("--input", type=Path, required=True, help="folder of input images (any size)")
+    p.add_argument("--out", type=Path, default=Path("outputs/predict"), help="output folder (%(default)s)")
+    p.add_argument(
+        "--mode",
+        choices=["resize", "pad"],
+        default="resize",
+        help="resize: to the trained crop and back; pad: full resolution, padded to the size multiple",
+    )
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

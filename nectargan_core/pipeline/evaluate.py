@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
@@ -16,6 +19,7 @@ from nectargan_core.data.transforms import PairTransform
 from nectargan_core.losses.pixel import laplacian_loss, sobel_loss
 from nectargan_core.settings import Settings
 from nectargan_core.training.checkpoint import data_for_checkpoint, load_generator
+from nectargan_core.training.examples import to_uint8_rgb
 from nectargan_core.training.step import resolve_device
 
 METRICS = ("l1", "l2", "psnr", "ssim", "sobel", "laplacian")
@@ -28,6 +32,16 @@ class EvaluationResult:
     metrics: dict[str, float]  # means over the split
     table: Path
     metrics_file: Path
+    report: Path
+    notices: tuple[str, ...] = ()
+
+
+def lpips_backbone() -> Path | None:
+    """LPIPS (AlexNet) needs torchvision's ImageNet AlexNet weights in the torch hub cache; never downloaded."""
+    from torchvision.models import AlexNet_Weights
+
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
+    return cached if cached.is_file() else None
 
 
 def evaluation_split(settings: Settings) -> str:
@@ -49,28 +63,100 @@ def per_image_metrics(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch
 
 
 @torch.no_grad()
-def evaluate_checkpoint(settings: Settings, checkpoint: Path, out_dir: Path, batch_size: int = 8) -> EvaluationResult:
-    """Write ``per_image.csv`` (one row per image) and ``metrics.json`` (the means) into ``out_dir``."""
+def evaluate_checkpoint(
+    settings: Settings, checkpoint: Path, out_dir: Path, batch_size: int = 8, samples: int = 3
+) -> EvaluationResult:
+    """Write ``per_image.csv``, ``metrics.json`` (the means) and ``report.md`` with the best and worst
+    ``samples`` images by L1 and by SSIM (strips in ``samples/``) into ``out_dir``."""
     device = resolve_device(settings.train)
     generator, trained, epoch = load_generator(checkpoint, device)
     data = data_for_checkpoint(settings.data, trained)
     split = evaluation_split(settings)
     dataset = PairedImageDataset(data, split, PairTransform(data, train=False))
+
+    notices = ["FID skipped: it needs the torch-fidelity package and its Inception weights locally (no download)."]
+    lpips = None
+    if lpips_backbone() is None:
+        notices.append(
+            f"LPIPS skipped: no AlexNet ImageNet weights in {Path(torch.hub.get_dir()) / 'checkpoints'} (no download)."
+        )
+    else:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(device).eval()
+    names = [*METRICS, "lpips"] if lpips is not None else list(METRICS)
+
     rows: list[dict[str, object]] = []
-    for start, (x, y) in zip(
-        range(0, len(dataset), batch_size), DataLoader(dataset, batch_size=batch_size), strict=True
-    ):
-        fake = generator(x.to(device))
-        values = {k: v.cpu().tolist() for k, v in per_image_metrics(fake, y.to(device)).items()}
+    loader = DataLoader(dataset, batch_size=batch_size)
+    for start, (x, y) in zip(range(0, len(dataset), batch_size), loader, strict=True):
+        fake, real = generator(x.to(device)), y.to(device)
+        values = {k: v.cpu().tolist() for k, v in per_image_metrics(fake, real).items()}
+        if lpips is not None:
+            values["lpips"] = [float(lpips(f[None].float(), r[None].float())) for f, r in zip(fake, real, strict=True)]
         for offset in range(x.shape[0]):
-            rows.append({"file": dataset.pairs[start + offset].name, **{k: values[k][offset] for k in METRICS}})
-    means = {k: sum(float(r[k]) for r in rows) / len(rows) for k in METRICS}
+            rows.append({"file": dataset.pairs[start + offset].name, **{k: values[k][offset] for k in names}})
+    means = {k: sum(float(r[k]) for r in rows) / len(rows) for k in names}
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table, metrics_file = out_dir / "per_image.csv", out_dir / "metrics.json"
     with table.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=["file", *METRICS])
+        writer = csv.DictWriter(handle, fieldnames=["file", *names])
         writer.writeheader()
         writer.writerows(rows)
     metrics_file.write_text(json.dumps({"split": split, "images": len(rows), "epoch": epoch, **means}, indent=2) + "\n")
-    return EvaluationResult(split, epoch, means, table, metrics_file)
+    report = _write_report(out_dir, generator, dataset, rows, means, samples, split, epoch, notices)
+    return EvaluationResult(split, epoch, means, table, metrics_file, report, tuple(notices))
+
+
+def _write_report(
+    out_dir: Path,
+    generator: torch.nn.Module,
+    dataset: PairedImageDataset,
+    rows: list[dict[str, object]],
+    means: dict[str, float],
+    samples: int,
+    split: str,
+    epoch: int,
+    notices: list[str],
+) -> Path:
+    """Markdown: the metric table, then the best/worst samples by L1 and SSIM as strips."""
+    strips_dir = out_dir / "samples"
+    shutil.rmtree(strips_dir, ignore_errors=True)
+    device = next(generator.parameters()).device
+    by_l1 = sorted(range(len(rows)), key=lambda i: float(rows[i]["l1"]))
+    by_ssim = sorted(range(len(rows)), key=lambda i: -float(rows[i]["ssim"]))
+    k = min(samples, len(rows))
+    groups = {
+        ("best_l1", "Best by L1"): by_l1[:k],
+        ("worst_l1", "Worst by L1"): by_l1[::-1][:k],
+        ("best_ssim", "Best by SSIM"): by_ssim[:k],
+        ("worst_ssim", "Worst by SSIM"): by_ssim[::-1][:k],
+    }
+    lines = [
+        f"# Evaluation of epoch {epoch} on {split} ({len(rows)} images)",
+        "",
+        "| metric | mean |",
+        "|---|---:|",
+        *(f"| {name} | {value:.4f} |" for name, value in means.items()),
+        "",
+        *(f"> {notice}" for notice in notices),
+        "",
+        "Strips are input | generated | target.",
+    ]
+    for (group, title), indices in groups.items():
+        lines += ["", f"## {title}", ""]
+        for rank, index in enumerate(indices, start=1):
+            x, y = dataset[index]
+            fake = generator(x[None].to(device))[0]
+            strip = np.concatenate([to_uint8_rgb(x), to_uint8_rgb(fake), to_uint8_rgb(y)], axis=1)
+            name = f"{group}_{rank:02d}_{Path(str(rows[index]['file'])).stem}.png"
+            strips_dir.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(strip).save(strips_dir / name)
+            row = rows[index]
+            lines.append(
+                f"{rank}. `{row['file']}`: L1 {float(row['l1']):.4f}, SSIM {float(row['ssim']):.4f}, "
+                f"PSNR {float(row['psnr']):.2f}  \n   ![{name}](samples/{name})"
+            )
+    report = out_dir / "report.md"
+    report.write_text("\n".join(lines) + "\n")
+    return report

@@ -19,6 +19,7 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric
 
+from nectargan_core.export.onnx import ExportResult
 from nectargan_core.pipeline.evaluate import EvaluationResult, evaluate_checkpoint
 from nectargan_core.pipeline.examples import export_examples
 from nectargan_core.pipeline.validate import ValidationResult, validate_dataset
@@ -142,15 +143,30 @@ def examples_stage(settings: Settings, project_dir: Path, out_dir: Path) -> list
     return paths
 
 
-def evaluate_stage(settings: Settings, project_dir: Path, out_dir: Path) -> EvaluationResult:
-    """Metrics of the final checkpoint on the test split, as DVC metrics and in the training run."""
+def evaluate_stage(settings: Settings, project_dir: Path, out_dir: Path, samples: int = 3) -> EvaluationResult:
+    """Metrics of the final checkpoint on the test split, as DVC metrics and in the training run, and a
+    report with the best and worst samples."""
     client, _ = connect(settings.tracking, project_dir)
     run_id = _training_run_id(settings)
-    result = evaluate_checkpoint(settings, _final_checkpoint(settings), out_dir)
+    result = evaluate_checkpoint(settings, _final_checkpoint(settings), out_dir, samples=samples)
     now = int(time.time() * 1000)
     client.log_batch(
         run_id, metrics=[Metric(f"eval/{name}", value, now, result.epoch) for name, value in result.metrics.items()]
     )
-    client.log_artifact(run_id, str(result.table), "evaluation")
-    client.log_artifact(run_id, str(result.metrics_file), "evaluation")
+    for path in (result.table, result.metrics_file, result.report):
+        client.log_artifact(run_id, str(path), "evaluation")
+    if (samples := result.report.parent / "samples").is_dir():
+        client.log_artifacts(run_id, str(samples), "evaluation/samples")
+    return result
+
+
+def export_stage(settings: Settings, project_dir: Path, out_path: Path, opset: int = 18) -> ExportResult:
+    """The final checkpoint's generator as ONNX, checked against PyTorch, logged to the training run."""
+    from nectargan_core.export.onnx import export_and_check
+
+    client, _ = connect(settings.tracking, project_dir)
+    run_id = _training_run_id(settings)
+    result = export_and_check(settings, _final_checkpoint(settings), out_path, opset)
+    client.log_artifact(run_id, str(result.path), "onnx")
+    client.log_artifact(run_id, str(result.path.with_suffix(".parity.json")), "onnx")
     return result

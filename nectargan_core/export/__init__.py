@@ -1,0 +1,1 @@
+"""Exporting the generator for inference outside PyTorch."""

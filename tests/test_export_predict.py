@@ -1,0 +1,145 @@
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from PIL import Image
+from torchvision.models import alexnet
+
+from nectargan_core.cli import main
+from nectargan_core.export.onnx import PARITY_TOLERANCE, onnx_metadata
+from nectargan_core.pipeline.evaluate import evaluate_checkpoint
+from nectargan_core.pipeline.predict import predict_folder
+from nectargan_core.pipeline.stages import evaluate_stage, export_stage, train_stage
+from nectargan_core.tracking.mlflow_run import connect
+
+from .helpers import tiny_settings
+
+
+@pytest.fixture(scope="module")
+def trained(sample_root, tmp_path_factory):
+    project = tmp_path_factory.mktemp("export-project")
+    settings = tiny_settings(sample_root, project / "outputs" / "train")
+    result = train_stage(settings, project)
+    return project, settings, result
+
+
+@pytest.fixture(scope="module")
+def exported(trained):
+    project, settings, _ = trained
+    return export_stage(settings, project, project / "outputs" / "export" / "generator.onnx", opset=18)
+
+
+def test_onnx_export_matches_pytorch(trained, exported):
+    project, settings, result = trained
+    assert exported.ok and exported.epoch == 2
+    assert set(exported.max_abs_diff) == {"random 1x32x32", "random 3x40x64", "validation x2"}
+    assert all(value <= PARITY_TOLERANCE for value in exported.max_abs_diff.values())
+    model = onnx.load(str(exported.path))
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    assert [bool(d.dim_param) for d in dims] == [True, False, True, True]  # batch, C fixed, H, W dynamic
+    assert model.opset_import[0].version == 18
+    assert onnx_metadata(exported.path) == {
+        "input_channels": 3,
+        "output_channels": 3,
+        "crop_size": 32,
+        "side_multiple": 8,
+        "epoch": 2,
+    }
+    parity = json.loads(exported.path.with_suffix(".parity.json").read_text())
+    assert parity["max_abs_diff"] == exported.max_abs_diff
+    client, _ = connect(settings.tracking, project)
+    assert {a.path for a in client.list_artifacts(result.run_id, "onnx")} == {
+        "onnx/generator.onnx",
+        "onnx/generator.parity.json",
+    }
+
+
+def _odd_inputs(folder):
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    sizes = {"wide.png": (45, 20), "tall.jpg": (17, 50), "square.png": (32, 32)}
+    for name, (w, h) in sizes.items():
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / name)
+    (folder / "notes.txt").write_text("not an image")
+    return sizes
+
+
+@pytest.mark.parametrize("mode", ["resize", "pad"])
+def test_predict_keeps_any_input_size_and_agrees_across_model_formats(trained, exported, tmp_path, mode):
+    project, settings, result = trained
+    sizes = _odd_inputs(tmp_path / "in")
+    outputs = {}
+    for label, source in {
+        "checkpoint": str(result.checkpoint),
+        "registry": "models:/nectargan-generator@current",
+        "onnx": str(exported.path),
+    }.items():
+        written = predict_folder(source, tmp_path / "in", tmp_path / label, settings, project, mode)
+        assert sorted(p.name for p in written) == ["square.png", "tall.png", "wide.png"]
+        for path in written:
+            with Image.open(path) as image:
+                assert image.size == sizes[f"{path.stem}.{'jpg' if path.stem == 'tall' else 'png'}"]
+                assert image.mode == "RGB"
+        outputs[label] = {p.name: np.asarray(Image.open(p), dtype=np.int16) for p in written}
+    for name, image in outputs["checkpoint"].items():
+        assert np.array_equal(image, outputs["registry"][name])
+        assert np.abs(image - outputs["onnx"][name]).max() <= 1  # uint8 rounding of a < 1e-4 difference
+
+
+def test_predict_errors_name_the_input(trained, tmp_path):
+    project, settings, result = trained
+    with pytest.raises(FileNotFoundError, match="input folder does not exist"):
+        predict_folder(str(result.checkpoint), tmp_path / "missing", tmp_path / "out", settings, project)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no images"):
+        predict_folder(str(result.checkpoint), tmp_path / "empty", tmp_path / "out", settings, project)
+    _odd_inputs(tmp_path / "in")
+    with pytest.raises(FileNotFoundError, match="no such checkpoint or ONNX file"):
+        predict_folder(str(tmp_path / "nope.pt"), tmp_path / "in", tmp_path / "out", settings, project)
+
+
+def test_evaluation_report_shows_best_and_worst_samples(trained):
+    project, settings, result = trained
+    evaluation = evaluate_stage(settings, project, project / "outputs" / "eval", samples=1)
+    report = evaluation.report.read_text()
+    for title in ("## Best by L1", "## Worst by L1", "## Best by SSIM", "## Worst by SSIM"):
+        assert title in report
+    assert "LPIPS skipped" in report and "FID skipped" in report
+    with (project / "outputs" / "eval" / "per_image.csv").open() as handle:
+        rows = [line.split(",") for line in handle.read().splitlines()[1:]]
+    best_l1 = min(rows, key=lambda r: float(r[1]))[0]
+    strips = sorted(p.name for p in (project / "outputs" / "eval" / "samples").iterdir())
+    assert f"best_l1_01_{best_l1.removesuffix('.png')}.png" in strips and len(strips) == 4
+    with Image.open(project / "outputs" / "eval" / "samples" / strips[0]) as strip:
+        assert strip.size == (96, 32)
+    client, _ = connect(settings.tracking, project)
+    logged = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
+    assert {"evaluation/report.md", "evaluation/samples"} <= logged
+
+
+def test_lpips_is_computed_when_the_backbone_is_cached(trained, tmp_path, monkeypatch):
+    _project, settings, result = trained
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
+    cached.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(alexnet(weights=None).state_dict(), cached)  # stands in for the ImageNet file
+    evaluation = evaluate_checkpoint(settings, result.checkpoint, tmp_path / "eval", samples=1)
+    assert "lpips" in evaluation.metrics and evaluation.metrics["lpips"] >= 0
+    assert not any("LPIPS skipped" in notice for notice in evaluation.notices)
+
+
+def test_cli_export_and_predict(trained, tmp_path, capsys, monkeypatch):
+    project, settings, _result = trained
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(settings.model_dump(mode="json")))
+    monkeypatch.chdir(project)
+    out = tmp_path / "cli.onnx"
+    assert main(["export", "--params", str(params), "--out", str(out)]) == 0
+    assert "max |onnxruntime - torch|" in capsys.readouterr().out and out.exists()
+    _odd_inputs(tmp_path / "in")
+    args = ["predict", "--params", str(params), "--model", str(out), "--input", str(tmp_path / "in"), "--mode", "pad"]
+    assert main([*args, "--out", str(tmp_path / "pred")]) == 0
+    assert "3 images written" in capsys.readouterr().out
