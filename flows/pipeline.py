@@ -21,12 +21,14 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
+from nectargan_core.export.onnx import ExportResult
 from nectargan_core.pipeline.evaluate import EvaluationResult
 from nectargan_core.pipeline.stages import (
     DatasetInvalid,
     TrainStageResult,
     evaluate_stage,
     examples_stage,
+    export_stage,
     fetch_parent,
     train_stage,
     validate_stage,
@@ -98,7 +100,14 @@ def examples_task(settings: Settings, project_dir: Path) -> list[Path]:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def evaluate_task(settings: Settings, project_dir: Path) -> EvaluationResult:
-    return evaluate_stage(settings, project_dir, project_dir / "outputs" / "eval")
+    result = evaluate_stage(settings, project_dir, project_dir / "outputs" / "eval")
+    create_markdown_artifact(result.report.read_text(), key="evaluation-report")
+    return result
+
+
+@task(name="export ONNX", cache_policy=NO_CACHE)
+def export_task(settings: Settings, project_dir: Path) -> ExportResult:
+    return export_stage(settings, project_dir, project_dir / "outputs" / "export" / "generator.onnx")
 
 
 def _summary(trained: TrainStageResult, evaluation: EvaluationResult, settings: Settings) -> str:
@@ -127,6 +136,7 @@ def pipeline(
     settings: Settings | None = None,
     continue_from: str | None = None,
     more_epochs: int = 0,
+    export_onnx: bool = False,
     project_dir: str = ".",
 ) -> dict[str, object]:
     """Validate the dataset, train (or continue), export examples and evaluate.
@@ -136,6 +146,7 @@ def pipeline(
     checkpoint path to continue from; train.load_epoch picks another epoch of that run.
     more_epochs: with a registered continue_from, train this many epochs past the parent's epoch
     at the initial learning rate (for scheduled fine-tuning; 0 = the configured total).
+    export_onnx: also export the generator to ONNX, checked against PyTorch.
     """
     project = Path(project_dir).resolve()
     settings = anchored(settings or load_settings(project / "params.yaml"), project)
@@ -151,6 +162,7 @@ def pipeline(
         trained = train_task(settings, project, parent)
         examples_task(settings, project)
         evaluation = evaluate_task(settings, project)
+        exported = export_task(settings, project) if export_onnx else None
     except BaseException as exc:
         create_markdown_artifact(f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {exc}\n", key="run-summary")
         raise
@@ -161,4 +173,5 @@ def pipeline(
         "model_version": trained.model_version,
         "last_epoch": trained.last_epoch,
         "metrics": evaluation.metrics,
+        "onnx": str(exported.path) if exported else None,
     }

@@ -136,6 +136,57 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pair(args: argparse.Namespace) -> int:
+    from nectargan_core.data.utilities import pair_folders
+
+    report = pair_folders(args.a, args.b, args.out, args.size)
+    print(report.table())
+    print(f"{len(report.paired)} aligned pairs in {args.out}; report {args.out / 'pairing_report.csv'}")
+    return 0
+
+
+def _cmd_split(args: argparse.Namespace) -> int:
+    from nectargan_core.data.utilities import split_dataset
+
+    splits = split_dataset(args.source, args.out, tuple(args.fractions), args.seed)
+    print(", ".join(f"{len(files)} {split}" for split, files in splits.items()) + f" in {args.out} (seed {args.seed})")
+    return 0
+
+
+def _cmd_import(args: argparse.Namespace) -> int:
+    from nectargan_core.data.utilities import import_dataset
+
+    destination = import_dataset(args.source, args.name, Path.cwd())
+    rel = destination.relative_to(Path.cwd())
+    print(f"imported to {rel}, tracked by DVC ({rel}.dvc). Next: git add {rel}.dvc {rel.parent}/.gitignore,")
+    print(f"set data.root: {rel} in params.yaml (with sizes and channels), then dvc repro")
+    return 0
+
+
+def _cmd_montage(args: argparse.Namespace) -> int:
+    from nectargan_core.reports.review import example_montage
+
+    print(f"montage: {example_montage(args.examples, args.out, args.every)}")
+    return 0
+
+
+def _cmd_loss_graphs(args: argparse.Namespace) -> int:
+    from nectargan_core.reports.review import loss_graphs
+
+    for path in loss_graphs(args.epochs, args.out):
+        print(f"graph: {path}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from nectargan_core.tracking.compare import compare_runs
+
+    board = compare_runs(load_settings(args.params, args.overrides), Path.cwd(), args.out, args.runs, args.filter)
+    print(board.to_markdown())
+    print(f"leaderboard and side_by_side.png in {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nectargan", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -190,6 +241,43 @@ def build_parser() -> argparse.ArgumentParser:
         help="resize: to the trained crop and back; pad: full resolution, padded to the size multiple",
     )
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("compare", help="leaderboard of MLflow runs (differing settings, eval metrics) + images")
+    _add_params_args(p)
+    p.add_argument("--runs", nargs="*", default=[], help="MLflow run ids (default: every finished run)")
+    p.add_argument("--filter", default="", help="MLflow filter, e.g. \"params.`train.loss.l1` = '50.0'\"")
+    p.add_argument("--out", type=Path, default=Path("outputs/compare"), help="(%(default)s)")
+    p.set_defaults(func=_cmd_compare)
+
+    p = sub.add_parser("pair", help="pair an A/ and a B/ folder (matched by file name) into aligned A|B images")
+    p.add_argument("--a", type=Path, required=True, help="folder of A (input) images")
+    p.add_argument("--b", type=Path, required=True, help="folder of B (target) images")
+    p.add_argument("--out", type=Path, required=True, help="output folder of aligned pairs")
+    p.add_argument("--size", type=int, default=None, help="resize both halves to SIZE x SIZE")
+    p.set_defaults(func=_cmd_pair)
+
+    p = sub.add_parser("split", help="split a folder of pairs into train/val/test by fractions, with a seed")
+    p.add_argument("--source", type=Path, required=True, help="folder of aligned pairs")
+    p.add_argument("--out", type=Path, required=True, help="new dataset root (empty)")
+    p.add_argument("--fractions", type=float, nargs=3, default=[0.8, 0.1, 0.1], metavar=("TRAIN", "VAL", "TEST"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_split)
+
+    p = sub.add_parser("import-data", help="copy a dataset into data/NAME and track it with DVC")
+    p.add_argument("--source", type=Path, required=True, help="dataset root with train/ and val/ (test/ optional)")
+    p.add_argument("--name", required=True, help="folder name under data/")
+    p.set_defaults(func=_cmd_import)
+
+    p = sub.add_parser("montage", help="one image of the example strips across epochs (every k-th epoch)")
+    p.add_argument("--examples", type=Path, default=Path("outputs/train/examples"), help="(%(default)s)")
+    p.add_argument("--out", type=Path, default=Path("outputs/review/montage.png"), help="(%(default)s)")
+    p.add_argument("--every", type=int, default=1, help="show every k-th epoch (the last always)")
+    p.set_defaults(func=_cmd_montage)
+
+    p = sub.add_parser("loss-graphs", help="loss and learning-rate graphs as PNG from the epoch table")
+    p.add_argument("--epochs", type=Path, default=Path("outputs/train/epochs.csv"), help="(%(default)s)")
+    p.add_argument("--out", type=Path, default=Path("outputs/review"), help="(%(default)s)")
+    p.set_defaults(func=_cmd_loss_graphs)
     return parser
 
 

@@ -28,7 +28,7 @@ def harness():
 @pytest.fixture(scope="module")
 def first_run(harness, sample_root, tmp_path_factory):
     project = tmp_path_factory.mktemp("flow-project")
-    result = pipeline(settings=tiny_settings(sample_root), project_dir=str(project))
+    result = pipeline(settings=tiny_settings(sample_root), export_onnx=True, project_dir=str(project))
     client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}", f"sqlite:///{project / 'mlflow.db'}")
     return project, result, client
 
@@ -49,6 +49,8 @@ def test_the_flow_runs_every_stage(first_run):
     assert "eval/ssim" in run.data.metrics
     summary = Artifact.get("run-summary")
     assert result["mlflow_run_id"] in summary.data and "## Evaluation on test" in summary.data
+    assert "## Worst by SSIM" in Artifact.get("evaluation-report").data
+    assert result["onnx"] == str(project / "outputs" / "export" / "generator.onnx")
     assert Artifact.get("dataset-validation").type == "table"
 
 

@@ -68,7 +68,7 @@ def project(tmp_path_factory) -> Path:
 
 def test_dvc_repro_runs_the_pipeline_and_tracks_it(project):
     out = run(["dvc", "repro"], project)
-    assert stages_run(out) == ["prepare", "validate", "train", "examples", "evaluate"]
+    assert stages_run(out) == ["prepare", "validate", "train", "examples", "evaluate", "export"]
 
     assert len(list((project / "data" / "sample" / "train").glob("*.png"))) == 6
     assert json.loads((project / "outputs" / "validation" / "validation.json").read_text())["ok"] is True
@@ -93,7 +93,8 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_it(project):
     assert run_info.data.params["train.loss.l1"] == "100.0"
     assert [m.step for m in client.get_metric_history(run_info.info.run_id, "loss/g")] == [1, 2]
     assert "eval/ssim" in run_info.data.metrics
-    assert {"checkpoints", "images", "model", "examples", "evaluation"} <= {
+    assert json.loads((project / "outputs" / "export" / "generator.parity.json").read_text())["max_abs_diff"]
+    assert {"checkpoints", "images", "model", "examples", "evaluation", "onnx"} <= {
         a.path for a in client.list_artifacts(run_info.info.run_id)
     }
     version = client.get_model_version_by_alias("nectargan-generator", "current")
@@ -106,7 +107,7 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_it(project):
     params["train"]["loss"]["l1"] = 50.0
     (project / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = run(["dvc", "repro"], project)
-    assert stages_run(changed) == ["train", "examples", "evaluate"]
+    assert stages_run(changed) == ["train", "examples", "evaluate", "export"]
     assert str(client.get_model_version_by_alias("nectargan-generator", "current").version) == "2"
 
 
@@ -114,7 +115,7 @@ def test_dvc_exp_run_compares_loss_weightings(project):
     run(["git", "add", "-A"], project)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline"], project)
     out = run(["dvc", "exp", "run", "-S", "train.loss.l1=25", "-n", "l1-25"], project)
-    assert stages_run(out) == ["train", "examples", "evaluate"]
+    assert stages_run(out) == ["train", "examples", "evaluate", "export"]
     table = json.loads(run(["dvc", "exp", "show", "--json"], project))
     names = json.dumps(table)
     assert "l1-25" in names and "ssim" in names
