@@ -1,5 +1,2 @@
-"""Prefect flows that orchestrate the nectargan_core stages.
-
-Empty so far: the flow (validate -> train -> examples -> evaluate) and its deployments are
-built on top of the stage functions by the Prefect issue. Nothing here runs yet.
-"""
+"""Prefect orchestration of the nectargan_core stages: the pipeline flow (`pipeline.py`), its
+deployments (`serve.py`) and a one-off run (`python -m flows`)."""

@@ -548,6 +548,16 @@ def load_settings(path: Path | str = "params.yaml", overrides: list[str] | tuple
     return settings_from_dict(tree, str(path))
 
 
+def flatten_dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """A nested dict as {"dotted.key": leaf}; an empty dict is a leaf, so it still shows."""
+    if isinstance(tree, dict) and tree:
+        out: dict[str, Any] = {}
+        for key, value in tree.items():
+            out.update(flatten_dotted(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): tree}
+
+
 def anchored(settings: Settings, base: Path) -> Settings:
     """A copy with relative paths made absolute against ``base``, the project folder.
 

@@ -10,14 +10,13 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import mlflow
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from nectargan_core.settings import Settings, TrackingSettings
+from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 
 
@@ -58,18 +57,9 @@ def _artifact_location(uri: str) -> str | None:
     return None  # a server decides
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict) and tree:
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): tree}
-
-
 def settings_params(settings: Settings) -> dict[str, str]:
     """Every setting under its dotted params.yaml name, as MLflow param strings."""
-    flat = _flatten(settings.model_dump(mode="json"))
+    flat = flatten_dotted(settings.model_dump(mode="json"))
     return {key: value if isinstance(value, str) else json.dumps(value) for key, value in flat.items()}
 
 

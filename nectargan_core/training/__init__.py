@@ -1,1 +1,1 @@
-"""Training schedules (and, in later issues, the training loop)."""
+"""The training engine: the optimisation step, the epoch loop, checkpoints, records and schedules."""

@@ -17,7 +17,7 @@ import torch
 
 from nectargan_core.models import build_generator
 from nectargan_core.models.generator import UNetGenerator
-from nectargan_core.settings import DataSettings, Settings
+from nectargan_core.settings import DataSettings, Settings, flatten_dotted
 
 FORMAT_VERSION = 1
 _NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -41,18 +41,9 @@ def architecture(settings: Settings) -> dict[str, Any]:
     }
 
 
-def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(tree, dict):
-        out: dict[str, Any] = {}
-        for key, value in tree.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): tree}
-
-
 def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """'key: checkpoint X, settings Y' for every architecture key that differs."""
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_dotted(saved), flatten_dotted(current)
     return [
         f"{key}: checkpoint {old.get(key)!r}, settings {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
@@ -63,7 +54,7 @@ def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> lis
 def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
     """Settings (other than the continue keys themselves) that differ from the checkpoint's run."""
     ignore = ("train.continue_train", "train.load_epoch", "train.continue_from")
-    old, new = _flatten(saved), _flatten(current)
+    old, new = flatten_dotted(saved), flatten_dotted(current)
     return [
         f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
         for key in sorted(set(old) | set(new))
