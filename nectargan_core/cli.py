@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="stage evaluate: per-image metrics of the final checkpoint on test")
     _add_params_args(p)
     p.add_argument("--out", type=Path, default=Path("outputs/eval"), help="output folder (%(default)s)")
-    p.add_argument("--samples", type=int, default=3, help="best/worst images shown per metric (%(default)s)")
+    p.add_argument("--samples", type=int, default=None, help="best/worst images per metric (evaluate.samples)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", help="stage export: the final generator as ONNX, checked against PyTorch")

@@ -411,6 +411,20 @@ class TrackingSettings(Strict):
         return value
 
 
+class EvaluateSettings(Strict):
+    samples: int = Field(3, ge=1, description="Best and worst images shown per metric in the evaluation report.")
+    lpips_weights: Path | None = Field(
+        None,
+        description="torchvision AlexNet ImageNet weights for LPIPS (alexnet-owt-7be5be79.pth); null = the torch "
+        "hub cache. LPIPS is skipped when neither has them.",
+    )
+    fid_weights: Path | None = Field(
+        None,
+        description="torch-fidelity Inception weights for FID (weights-inception-2015-12-05-6726825d.pth); null = "
+        "the torch hub cache. FID is skipped when neither has them.",
+    )
+
+
 class Settings(Strict):
     seed: int = Field(0, ge=0, description="Seed for every random number generator.")
     data: DataSettings = Field(DataSettings(), description="Dataset and preprocessing.")
@@ -419,6 +433,7 @@ class Settings(Strict):
     logging: LoggingSettings = Field(LoggingSettings(), description="Loss logging.")
     tracking: TrackingSettings = Field(TrackingSettings(), description="MLflow tracking and model registry.")
     sample: SampleDataSettings = Field(SampleDataSettings(), description="The generated sample dataset.")
+    evaluate: EvaluateSettings = Field(EvaluateSettings(), description="Evaluation of the final checkpoint.")
 
 
 # ---------------------------------------------------------------- loading
@@ -569,6 +584,9 @@ def anchored(settings: Settings, base: Path) -> Settings:
     result.sample.out = base / result.sample.out
     if result.train.loss.vgg_weights is not None:
         result.train.loss.vgg_weights = base / result.train.loss.vgg_weights
+    for key in ("lpips_weights", "fid_weights"):
+        if (value := getattr(result.evaluate, key)) is not None:
+            setattr(result.evaluate, key, base / value)
     source = result.train.continue_from
     if source and not source.startswith("models:/"):
         result.train.continue_from = str(base / source)

@@ -8,6 +8,7 @@ from PIL import Image
 from torchvision.models import alexnet
 
 from nectargan_core.cli import main
+from nectargan_core.data.sample import generate_sample_dataset
 from nectargan_core.export.onnx import PARITY_TOLERANCE, onnx_metadata
 from nectargan_core.pipeline.evaluate import evaluate_checkpoint
 from nectargan_core.pipeline.predict import predict_folder
@@ -119,16 +120,64 @@ def test_evaluation_report_shows_best_and_worst_samples(trained):
     assert {"evaluation/report.md", "evaluation/samples"} <= logged
 
 
-def test_lpips_is_computed_when_the_backbone_is_cached(trained, tmp_path, monkeypatch):
-    _project, settings, result = trained
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    cached = tmp_path / "torch" / "hub" / "checkpoints" / "alexnet-owt-7be5be79.pth"
-    cached.parent.mkdir(parents=True)
+def _fake_inception_weights(path):
+    """Random weights in the layout of torch-fidelity's Inception (stands in for the real file)."""
+    from torch import nn
+    from torch_fidelity.feature_extractor_inceptionv3 import (
+        BasicConv2d,
+        InceptionA,
+        InceptionB,
+        InceptionC,
+        InceptionD,
+        InceptionE_1,
+        InceptionE_2,
+    )
+
+    net = nn.Module()
+    net.Conv2d_1a_3x3 = BasicConv2d(3, 32, kernel_size=3, stride=2)
+    net.Conv2d_2a_3x3 = BasicConv2d(32, 32, kernel_size=3)
+    net.Conv2d_2b_3x3 = BasicConv2d(32, 64, kernel_size=3, padding=1)
+    net.Conv2d_3b_1x1 = BasicConv2d(64, 80, kernel_size=1)
+    net.Conv2d_4a_3x3 = BasicConv2d(80, 192, kernel_size=3)
+    net.Mixed_5b = InceptionA(192, pool_features=32)
+    net.Mixed_5c = InceptionA(256, pool_features=64)
+    net.Mixed_5d = InceptionA(288, pool_features=64)
+    net.Mixed_6a = InceptionB(288)
+    net.Mixed_6b = InceptionC(768, channels_7x7=128)
+    net.Mixed_6c = InceptionC(768, channels_7x7=160)
+    net.Mixed_6d = InceptionC(768, channels_7x7=160)
+    net.Mixed_6e = InceptionC(768, channels_7x7=192)
+    net.Mixed_7a = InceptionD(768)
+    net.Mixed_7b = InceptionE_1(1280)
+    net.Mixed_7c = InceptionE_2(2048)
+    net.fc = nn.Linear(2048, 1008)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+
+
+def test_lpips_and_fid_when_their_weights_are_local(trained, tmp_path, monkeypatch):
+    _, settings, result = trained
     torch.manual_seed(0)
-    torch.save(alexnet(weights=None).state_dict(), cached)  # stands in for the ImageNet file
-    evaluation = evaluate_checkpoint(settings, result.checkpoint, tmp_path / "eval", samples=1)
-    assert "lpips" in evaluation.metrics and evaluation.metrics["lpips"] >= 0
-    assert not any("LPIPS skipped" in notice for notice in evaluation.notices)
+    lpips_file = tmp_path / "weights" / "my_alexnet.pth"  # a configured path ...
+    lpips_file.parent.mkdir()
+    torch.save(alexnet(weights=None).state_dict(), lpips_file)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # ... and the hub cache
+    _fake_inception_weights(tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
+    data = tmp_path / "data"
+    generate_sample_dataset(data, size=32, counts={"train": 2, "val": 2, "test": 12})
+    configured = settings.model_copy(deep=True)
+    configured.data.root = data
+    configured.evaluate.lpips_weights = lpips_file
+    evaluation = evaluate_checkpoint(configured, result.checkpoint, tmp_path / "eval", samples=1)
+    assert evaluation.metrics["lpips"] >= 0 and evaluation.metrics["fid"] >= 0
+    assert evaluation.notices == ()
+    assert json.loads(evaluation.metrics_file.read_text())["fid"] == pytest.approx(evaluation.metrics["fid"])
+    configured.evaluate.lpips_weights = tmp_path / "missing.pth"
+    skipped = evaluate_checkpoint(configured, result.checkpoint, tmp_path / "eval2", samples=1)
+    assert "lpips" not in skipped.metrics
+    assert any(
+        f"LPIPS skipped: no AlexNet ImageNet weights at {tmp_path / 'missing.pth'}" in n for n in skipped.notices
+    )
 
 
 def test_cli_export_and_predict(trained, tmp_path, capsys, monkeypatch):

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,12 +38,43 @@ class EvaluationResult:
     notices: tuple[str, ...] = ()
 
 
-def lpips_backbone() -> Path | None:
-    """LPIPS (AlexNet) needs torchvision's ImageNet AlexNet weights in the torch hub cache; never downloaded."""
-    from torchvision.models import AlexNet_Weights
+LPIPS_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet ImageNet weights
+FID_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's Inception weights
 
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(AlexNet_Weights.IMAGENET1K_V1.url).name
+
+def weights_file(configured: Path | None, file_name: str) -> Path | None:
+    """The configured file, else ``file_name`` in the torch hub cache, else None: never a download."""
+    if configured is not None:
+        return Path(configured) if Path(configured).is_file() else None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
     return cached if cached.is_file() else None
+
+
+class _Lpips:
+    """LPIPS (AlexNet) per image; the backbone is read from a local file through a private hub folder."""
+
+    def __init__(self, backbone: Path, device: torch.device) -> None:
+        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+
+        previous = torch.hub.get_dir()
+        with tempfile.TemporaryDirectory() as hub:
+            (Path(hub) / "checkpoints").mkdir()
+            (Path(hub) / "checkpoints" / LPIPS_FILE).symlink_to(backbone.resolve())
+            torch.hub.set_dir(hub)
+            try:
+                self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(device).eval()
+            finally:
+                torch.hub.set_dir(previous)
+
+    def __call__(self, fake: torch.Tensor, real: torch.Tensor) -> list[float]:
+        return [float(self.metric(f[None].float(), r[None].float())) for f, r in zip(fake, real, strict=True)]
+
+
+def _to_uint8(images: torch.Tensor) -> torch.Tensor:
+    images = images.float().clamp(-1, 1)
+    if images.shape[1] == 1:
+        images = images.expand(-1, 3, -1, -1)
+    return ((images + 1) * 127.5).round().to(torch.uint8)
 
 
 def evaluation_split(settings: Settings) -> str:
@@ -64,7 +97,7 @@ def per_image_metrics(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch
 
 @torch.no_grad()
 def evaluate_checkpoint(
-    settings: Settings, checkpoint: Path, out_dir: Path, batch_size: int = 8, samples: int = 3
+    settings: Settings, checkpoint: Path, out_dir: Path, batch_size: int = 8, samples: int | None = None
 ) -> EvaluationResult:
     """Write ``per_image.csv``, ``metrics.json`` (the means) and ``report.md`` with the best and worst
     ``samples`` images by L1 and by SSIM (strips in ``samples/``) into ``out_dir``."""
@@ -74,16 +107,23 @@ def evaluate_checkpoint(
     split = evaluation_split(settings)
     dataset = PairedImageDataset(data, split, PairTransform(data, train=False))
 
-    notices = ["FID skipped: it needs the torch-fidelity package and its Inception weights locally (no download)."]
-    lpips = None
-    if lpips_backbone() is None:
-        notices.append(
-            f"LPIPS skipped: no AlexNet ImageNet weights in {Path(torch.hub.get_dir()) / 'checkpoints'} (no download)."
-        )
+    cfg, notices = settings.evaluate, []
+    lpips_file = weights_file(cfg.lpips_weights, LPIPS_FILE)
+    lpips = _Lpips(lpips_file, device) if lpips_file else None
+    if lpips is None:
+        where = cfg.lpips_weights or Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_FILE
+        notices.append(f"LPIPS skipped: no AlexNet ImageNet weights at {where} (nothing is downloaded).")
+    fid_file = weights_file(cfg.fid_weights, FID_FILE)
+    fid = None
+    if fid_file is None:
+        where = cfg.fid_weights or Path(torch.hub.get_dir()) / "checkpoints" / FID_FILE
+        notices.append(f"FID skipped: no Inception weights at {where} (nothing is downloaded).")
+    elif len(dataset) < 2:
+        notices.append("FID skipped: it needs at least 2 images.")
     else:
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
+        from torchmetrics.image.fid import FrechetInceptionDistance
 
-        lpips = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(device).eval()
+        fid = FrechetInceptionDistance(feature_extractor_weights_path=str(fid_file)).to(device)
     names = [*METRICS, "lpips"] if lpips is not None else list(METRICS)
 
     rows: list[dict[str, object]] = []
@@ -92,10 +132,19 @@ def evaluate_checkpoint(
         fake, real = generator(x.to(device)), y.to(device)
         values = {k: v.cpu().tolist() for k, v in per_image_metrics(fake, real).items()}
         if lpips is not None:
-            values["lpips"] = [float(lpips(f[None].float(), r[None].float())) for f, r in zip(fake, real, strict=True)]
+            values["lpips"] = lpips(fake, real)
+        if fid is not None:
+            fid.update(_to_uint8(real), real=True)
+            fid.update(_to_uint8(fake), real=False)
         for offset in range(x.shape[0]):
             rows.append({"file": dataset.pairs[start + offset].name, **{k: values[k][offset] for k in names}})
     means = {k: sum(float(r[k]) for r in rows) / len(rows) for k in names}
+    if fid is not None:
+        value = float(fid.compute())
+        if math.isfinite(value):
+            means["fid"] = value
+        else:
+            notices.append(f"FID skipped: not finite with {len(rows)} images (use a larger split).")
 
     out_dir.mkdir(parents=True, exist_ok=True)
     table, metrics_file = out_dir / "per_image.csv", out_dir / "metrics.json"
@@ -104,6 +153,7 @@ def evaluate_checkpoint(
         writer.writeheader()
         writer.writerows(rows)
     metrics_file.write_text(json.dumps({"split": split, "images": len(rows), "epoch": epoch, **means}, indent=2) + "\n")
+    samples = samples or cfg.samples
     report = _write_report(out_dir, generator, dataset, rows, means, samples, split, epoch, notices)
     return EvaluationResult(split, epoch, means, table, metrics_file, report, tuple(notices))
 

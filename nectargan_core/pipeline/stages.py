@@ -143,7 +143,9 @@ def examples_stage(settings: Settings, project_dir: Path, out_dir: Path) -> list
     return paths
 
 
-def evaluate_stage(settings: Settings, project_dir: Path, out_dir: Path, samples: int = 3) -> EvaluationResult:
+def evaluate_stage(
+    settings: Settings, project_dir: Path, out_dir: Path, samples: int | None = None
+) -> EvaluationResult:
     """Metrics of the final checkpoint on the test split, as DVC metrics and in the training run, and a
     report with the best and worst samples."""
     client, _ = connect(settings.tracking, project_dir)
