@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -56,15 +57,18 @@ class _Lpips:
     def __init__(self, backbone: Path, device: torch.device) -> None:
         from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
 
-        previous = torch.hub.get_dir()
-        with tempfile.TemporaryDirectory() as hub:
-            (Path(hub) / "checkpoints").mkdir()
-            (Path(hub) / "checkpoints" / LPIPS_FILE).symlink_to(backbone.resolve())
-            torch.hub.set_dir(hub)
+        previous = os.environ.get("TORCH_HOME")
+        with tempfile.TemporaryDirectory() as home:
+            (Path(home) / "hub" / "checkpoints").mkdir(parents=True)
+            (Path(home) / "hub" / "checkpoints" / LPIPS_FILE).symlink_to(backbone.resolve())
+            os.environ["TORCH_HOME"] = home  # torchvision finds the backbone here; the global hub dir stays
             try:
                 self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(device).eval()
             finally:
-                torch.hub.set_dir(previous)
+                if previous is None:
+                    del os.environ["TORCH_HOME"]
+                else:
+                    os.environ["TORCH_HOME"] = previous
 
     def __call__(self, fake: torch.Tensor, real: torch.Tensor) -> list[float]:
         return [float(self.metric(f[None].float(), r[None].float())) for f, r in zip(fake, real, strict=True)]
