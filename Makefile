@@ -21,16 +21,8 @@ run: $(STAMP)
 	nectargan montage --every 5
 	nectargan loss-graphs
 	@echo
-	@echo "Sample data:      data/sample/{train,val,test} (A label map | B facade per file)"
-	@echo "Validation:       outputs/validation/validation.csv (empty when every rule passed)"
-	@echo "Checkpoints:      outputs/train/checkpoints/epoch_NNNN.pt"
-	@echo "Example strips:   outputs/train/examples/ (per epoch), outputs/examples/ (final)"
-	@echo "Losses:           outputs/train/epochs.csv, outputs/train/loss_log.csv (dvc plots show)"
-	@echo "Evaluation:       outputs/eval/report.md, per_image.csv, metrics.json (dvc metrics show)"
-	@echo "ONNX generator:   outputs/export/generator.onnx (parity: generator.parity.json)"
-	@echo "Review images:    outputs/review/montage.png, losses.png, loss_terms.png, learning_rates.png"
-	@echo "MLflow UI:        .venv/bin/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db"
-	@echo "Compare weights:  .venv/bin/dvc exp run -S train.loss.l1=50 && .venv/bin/dvc exp show"
+	@nectargan outputs
+	@echo "Compare weights:   .venv/bin/dvc exp run -S train.loss.l1=50 && .venv/bin/dvc exp show"
 
 # The pipeline as one Prefect flow run on the sample data (what the Docker image runs).
 flow: $(STAMP)

@@ -1,7 +1,8 @@
 """The Prefect flow: validate -> (fetch parent) -> train -> examples -> evaluate.
 
-Each task is a thin wrapper over a stage function of ``nectargan_core.pipeline.stages`` (the
-same ones `dvc repro` runs) and passes paths, ids and small results, never models or tensors.
+Each task is a thin wrapper over a stage function of ``nectargan_core.stages`` (the same ones
+`dvc repro` runs) and passes paths, ids and small results, never models or tensors. The flow
+opens the tracking store once and hands the tracker to every task.
 Tasks are called directly, so they run on the flow's main thread: a cancelled flow run stops
 training there (Prefect turns the runner's SIGTERM into an exception, which also writes the
 cached loss log).
@@ -21,9 +22,11 @@ from prefect.artifacts import (
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from nectargan_core.export.onnx import ExportResult
-from nectargan_core.pipeline.evaluate import EvaluationResult
-from nectargan_core.pipeline.stages import (
+from nectargan_core.checkpoint import CheckpointError
+from nectargan_core.inference.evaluate import EvaluationResult
+from nectargan_core.inference.onnx import ExportResult
+from nectargan_core.settings import Settings, anchored, load_settings, with_changes
+from nectargan_core.stages import (
     DatasetInvalid,
     TrainStageResult,
     evaluate_stage,
@@ -33,10 +36,9 @@ from nectargan_core.pipeline.stages import (
     train_stage,
     validate_stage,
 )
-from nectargan_core.settings import Settings, anchored, load_settings
 from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
+from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import ConsoleReporter, EpochSummary, TrainingCallback
-from nectargan_core.training.checkpoint import CheckpointError
 
 
 class ProgressArtifact(TrainingCallback):
@@ -58,11 +60,10 @@ class ProgressArtifact(TrainingCallback):
 
 
 @task(name="validate dataset", cache_policy=NO_CACHE)
-def validate_task(settings: Settings, project_dir: Path) -> int:
+def validate_task(settings: Settings) -> int:
     """Returns the number of pairs; a failing dataset becomes a table artifact and stops the flow."""
-    report_dir = project_dir / "outputs" / "validation"
     try:
-        result = validate_stage(settings, report_dir)
+        result = validate_stage(settings)
     except DatasetInvalid as exc:
         create_table_artifact(exc.result.failures, key="dataset-validation", description=exc.result.table())
         raise
@@ -83,31 +84,34 @@ def _io_failure(task, task_run, state) -> bool:
     retry_condition_fn=_io_failure,
     cache_policy=NO_CACHE,
 )
-def fetch_task(settings: Settings, project_dir: Path) -> RegisteredCheckpoint | None:
-    return fetch_parent(settings, project_dir)
+def fetch_task(settings: Settings, tracker: Tracker) -> RegisteredCheckpoint | None:
+    return fetch_parent(settings, tracker)
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(settings: Settings, project_dir: Path, parent: RegisteredCheckpoint | None) -> TrainStageResult:
+def train_task(
+    settings: Settings, tracker: Tracker, project_dir: Path, parent: RegisteredCheckpoint | None
+) -> TrainStageResult:
     tags = {"prefect_flow_run_id": str(flow_run.id)}
-    return train_stage(settings, project_dir, [ConsoleReporter(), ProgressArtifact()], tags=tags, parent=parent)
+    callbacks = [ConsoleReporter(), ProgressArtifact()]
+    return train_stage(settings, tracker, project_dir, callbacks, tags=tags, parent=parent)
 
 
 @task(name="export examples", cache_policy=NO_CACHE)
-def examples_task(settings: Settings, project_dir: Path) -> list[Path]:
-    return examples_stage(settings, project_dir, project_dir / "outputs" / "examples")
+def examples_task(settings: Settings, tracker: Tracker) -> list[Path]:
+    return examples_stage(settings, tracker)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
-def evaluate_task(settings: Settings, project_dir: Path) -> EvaluationResult:
-    result = evaluate_stage(settings, project_dir, project_dir / "outputs" / "eval")
+def evaluate_task(settings: Settings, tracker: Tracker) -> EvaluationResult:
+    result = evaluate_stage(settings, tracker)
     create_markdown_artifact(result.report.read_text(), key="evaluation-report")
     return result
 
 
 @task(name="export ONNX", cache_policy=NO_CACHE)
-def export_task(settings: Settings, project_dir: Path) -> ExportResult:
-    return export_stage(settings, project_dir, project_dir / "outputs" / "export" / "generator.onnx")
+def export_task(settings: Settings, tracker: Tracker) -> ExportResult:
+    return export_stage(settings, tracker)
 
 
 def _summary(trained: TrainStageResult, evaluation: EvaluationResult, settings: Settings) -> str:
@@ -125,10 +129,10 @@ def _summary(trained: TrainStageResult, evaluation: EvaluationResult, settings: 
 def _extend(settings: Settings, parent: RegisteredCheckpoint | None, more_epochs: int) -> Settings:
     if parent is None:
         raise ValueError("more_epochs needs continue_from to name a registered model (models:/NAME@ALIAS)")
-    extended = settings.model_copy(deep=True)
-    for schedule in (extended.train.generator, extended.train.discriminator):
-        schedule.epochs, schedule.epochs_decay = parent.epoch + more_epochs, 0
-    return extended
+    changes: dict[str, object] = {}
+    for net in ("generator", "discriminator"):
+        changes |= {f"train.{net}.epochs": parent.epoch + more_epochs, f"train.{net}.epochs_decay": 0}
+    return with_changes(settings, changes, "the flow parameter more_epochs")
 
 
 @flow(name="nectargan-pipeline", log_prints=True)
@@ -149,20 +153,21 @@ def pipeline(
     export_onnx: also export the generator to ONNX, checked against PyTorch.
     """
     project = Path(project_dir).resolve()
-    settings = anchored(settings or load_settings(project / "params.yaml"), project)
+    settings = settings or load_settings(project / "params.yaml")
     if continue_from:
-        settings = settings.model_copy(deep=True)
-        settings.train.continue_train = True
-        settings.train.continue_from = continue_from
+        changes = {"train.continue_train": True, "train.continue_from": continue_from}
+        settings = with_changes(settings, changes, "the flow parameter continue_from")
+    settings = anchored(settings, project)
     try:
-        validate_task(settings, project)
-        parent = fetch_task(settings, project)
+        tracker = Tracker.connect(settings.tracking, project)
+        validate_task(settings)
+        parent = fetch_task(settings, tracker)
         if more_epochs:
             settings = _extend(settings, parent, more_epochs)
-        trained = train_task(settings, project, parent)
-        examples_task(settings, project)
-        evaluation = evaluate_task(settings, project)
-        exported = export_task(settings, project) if export_onnx else None
+        trained = train_task(settings, tracker, project, parent)
+        examples_task(settings, tracker)
+        evaluation = evaluate_task(settings, tracker)
+        exported = export_task(settings, tracker) if export_onnx else None
     except BaseException as exc:
         create_markdown_artifact(f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {exc}\n", key="run-summary")
         raise

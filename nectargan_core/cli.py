@@ -1,4 +1,9 @@
-"""The ``nectargan`` command: one subcommand per pipeline step, all reading params.yaml."""
+"""The ``nectargan`` command: one subcommand per pipeline step and utility.
+
+The commands that work on a project read ``--params`` (default params.yaml) with ``-s KEY=VALUE``
+overrides, and take their default paths from those settings (``train.output_dir``, ``outputs.*``).
+Each command opens the tracking store once, when it needs it, and imports only what it runs.
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,14 @@ import signal
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from nectargan_core.settings import SettingsError, load_settings
+from nectargan_core.settings import Settings, SettingsError, load_settings
+
+if TYPE_CHECKING:
+    from nectargan_core.tracking.tracker import Tracker
 
 
 def iter_settings(model: BaseModel, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
@@ -39,9 +47,19 @@ def _add_params_args(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _settings(args: argparse.Namespace) -> Settings:
+    return load_settings(args.params, args.overrides)
+
+
+def _tracker(settings: Settings) -> Tracker:
+    """The process's one connection to the tracking store (imported only by commands that track)."""
+    from nectargan_core.tracking.tracker import Tracker
+
+    return Tracker.connect(settings.tracking, Path.cwd())
+
+
 def _cmd_settings(args: argparse.Namespace) -> int:
-    settings = load_settings(args.params, args.overrides)
-    rows = list(iter_settings(settings))
+    rows = list(iter_settings(_settings(args)))
     width = max(len(key) for key, _, _ in rows)
     for key, value, description in rows:
         print(f"{key:<{width}}  {value!s:<14}  {description}")
@@ -51,7 +69,7 @@ def _cmd_settings(args: argparse.Namespace) -> int:
 def _cmd_models(args: argparse.Namespace) -> int:
     from nectargan_core.models import build_discriminator, build_generator, count_parameters
 
-    settings = load_settings(args.params, args.overrides)
+    settings = _settings(args)
     print(f"generator      {count_parameters(build_generator(settings)):>12,} parameters")
     print(f"discriminator  {count_parameters(build_discriminator(settings)):>12,} parameters")
     return 0
@@ -60,17 +78,16 @@ def _cmd_models(args: argparse.Namespace) -> int:
 def _cmd_sample_data(args: argparse.Namespace) -> int:
     from nectargan_core.data.sample import generate_sample_dataset
 
-    cfg = load_settings(args.params, args.overrides).sample
-    counts = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
-    written = generate_sample_dataset(cfg.out, size=cfg.size, counts=counts, seed=cfg.seed)
+    cfg = _settings(args).sample
+    written = generate_sample_dataset(cfg)
     print(f"sample dataset in {cfg.out}: " + ", ".join(f"{n} {split}" for split, n in written.items()))
     return 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from nectargan_core.pipeline.stages import validate_stage
+    from nectargan_core.stages import validate_stage
 
-    result = validate_stage(load_settings(args.params, args.overrides), args.report)
+    result = validate_stage(_settings(args), args.report)
     print(result.table())
     print(f"report: {result.report_csv}")
     return 0
@@ -81,13 +98,14 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from nectargan_core.pipeline.stages import train_stage
+    from nectargan_core.stages import train_stage
     from nectargan_core.training.callbacks import ConsoleReporter
 
-    settings = load_settings(args.params, args.overrides)
+    settings = _settings(args)
+    tracker = _tracker(settings)
     # A plain `kill` (or a scheduler stopping the job) unwinds like Ctrl+C, so cached losses are written.
     signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    result = train_stage(settings, Path.cwd(), [ConsoleReporter()])
+    result = train_stage(settings, tracker, Path.cwd(), [ConsoleReporter()])
     print(
         f"trained to epoch {result.last_epoch}; last checkpoint {result.checkpoint}; MLflow run {result.run_id}; "
         f"registered {settings.tracking.registered_model} version {result.model_version} "
@@ -97,17 +115,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_examples(args: argparse.Namespace) -> int:
-    from nectargan_core.pipeline.stages import examples_stage
+    from nectargan_core.stages import examples_stage
 
-    paths = examples_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out)
-    print(f"{len(paths)} example strips in {args.out}")
+    settings = _settings(args)
+    paths = examples_stage(settings, _tracker(settings), args.out)
+    print(f"{len(paths)} example strips in {paths[0].parent}")  # at least one: the stage shows >= 1 sample
     return 0
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from nectargan_core.pipeline.stages import evaluate_stage
+    from nectargan_core.stages import evaluate_stage
 
-    result = evaluate_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out, args.samples)
+    settings = _settings(args)
+    result = evaluate_stage(settings, _tracker(settings), args.out, args.samples)
     shown = "  ".join(f"{k} {v:.4f}" for k, v in result.metrics.items())
     print(f"evaluated epoch {result.epoch} on {result.split}: {shown}")
     for notice in result.notices:
@@ -117,9 +137,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from nectargan_core.pipeline.stages import export_stage
+    from nectargan_core.stages import export_stage
 
-    result = export_stage(load_settings(args.params, args.overrides), Path.cwd(), args.out, args.opset)
+    settings = _settings(args)
+    result = export_stage(settings, _tracker(settings), args.out, args.opset)
     diffs = ", ".join(f"{case}: {value:.2e}" for case, value in result.max_abs_diff.items())
     print(
         f"exported epoch {result.epoch} to {result.path}; max |onnxruntime - torch| {diffs} (bound {result.tolerance})"
@@ -128,20 +149,21 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from nectargan_core.pipeline.predict import predict_folder
+    from nectargan_core.stages import predict_stage
 
-    settings = load_settings(args.params, args.overrides)
-    written = predict_folder(args.model, args.input, args.out, settings, Path.cwd(), args.mode)
-    print(f"{len(written)} images written to {args.out}")
+    settings = _settings(args)
+    tracker = _tracker(settings) if args.model.startswith("models:/") else None
+    written = predict_stage(settings, args.model, args.input, args.out, args.mode, tracker)
+    print(f"{len(written)} images written to {written[0].parent}")  # an empty input folder is an error
     return 0
 
 
 def _cmd_pair(args: argparse.Namespace) -> int:
-    from nectargan_core.data.utilities import pair_folders
+    from nectargan_core.data.utilities import REPORT_NAME, pair_folders
 
     report = pair_folders(args.a, args.b, args.out, args.size)
     print(report.table())
-    print(f"{len(report.paired)} aligned pairs in {args.out}; report {args.out / 'pairing_report.csv'}")
+    print(f"{len(report.paired)} aligned pairs in {args.out}; report {args.out / REPORT_NAME}")
     return 0
 
 
@@ -164,26 +186,49 @@ def _cmd_import(args: argparse.Namespace) -> int:
 
 
 def _cmd_montage(args: argparse.Namespace) -> int:
+    from nectargan_core.layout import ReviewPaths, RunPaths
     from nectargan_core.reports.review import example_montage
 
-    print(f"montage: {example_montage(args.examples, args.out, args.every)}")
+    settings = _settings(args)
+    examples = args.examples or RunPaths.of(settings).examples
+    out = args.out or ReviewPaths(Path(settings.outputs.review)).montage
+    print(f"montage: {example_montage(examples, out, args.every)}")
     return 0
 
 
 def _cmd_loss_graphs(args: argparse.Namespace) -> int:
+    from nectargan_core.layout import RunPaths
     from nectargan_core.reports.review import loss_graphs
 
-    for path in loss_graphs(args.epochs, args.out):
+    settings = _settings(args)
+    for path in loss_graphs(args.epochs or RunPaths.of(settings).epochs, args.out or Path(settings.outputs.review)):
         print(f"graph: {path}")
+    return 0
+
+
+def _cmd_outputs(args: argparse.Namespace) -> int:
+    from nectargan_core.layout import where_things_are
+    from nectargan_core.tracking.tracker import tracking_uri
+
+    settings = _settings(args)
+    rows = [
+        *where_things_are(settings),
+        ("MLflow UI", f"mlflow ui --backend-store-uri {tracking_uri(settings.tracking, Path.cwd())}"),
+    ]
+    width = max(len(what) for what, _ in rows)
+    for what, where in rows:
+        print(f"{what:<{width}}  {where}")
     return 0
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
     from nectargan_core.tracking.compare import compare_runs
 
-    board = compare_runs(load_settings(args.params, args.overrides), Path.cwd(), args.out, args.runs, args.filter)
+    settings = _settings(args)
+    out = args.out or Path(settings.outputs.compare)
+    board = compare_runs(settings, _tracker(settings), out, args.runs, args.filter)
     print(board.to_markdown())
-    print(f"leaderboard and side_by_side.png in {args.out}")
+    print(f"leaderboard and side_by_side.png in {out}")
     return 0
 
 
@@ -205,7 +250,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("validate", help="stage validate: check every pair of the dataset, write the report")
     _add_params_args(p)
-    p.add_argument("--report", type=Path, default=Path("outputs/validation"), help="report folder (%(default)s)")
+    p.add_argument("--report", type=Path, default=None, help="report folder (default: outputs.validation)")
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("train", help="stage train: train (or continue) in an MLflow run, register the checkpoint")
@@ -214,18 +259,18 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("examples", help="stage examples: strips of the final checkpoint on validation samples")
     _add_params_args(p)
-    p.add_argument("--out", type=Path, default=Path("outputs/examples"), help="output folder (%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.examples)")
     p.set_defaults(func=_cmd_examples)
 
     p = sub.add_parser("evaluate", help="stage evaluate: per-image metrics of the final checkpoint on test")
     _add_params_args(p)
-    p.add_argument("--out", type=Path, default=Path("outputs/eval"), help="output folder (%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.eval)")
     p.add_argument("--samples", type=int, default=None, help="best/worst images per metric (evaluate.samples)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("export", help="stage export: the final generator as ONNX, checked against PyTorch")
     _add_params_args(p)
-    p.add_argument("--out", type=Path, default=Path("outputs/export/generator.onnx"), help="(%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="ONNX file (default: outputs.export/generator.onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (%(default)s)")
     p.set_defaults(func=_cmd_export)
 
@@ -233,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params_args(p)
     p.add_argument("--model", required=True, help="checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION or .onnx")
     p.add_argument("--input", type=Path, required=True, help="folder of input images (any size)")
-    p.add_argument("--out", type=Path, default=Path("outputs/predict"), help="output folder (%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.predict)")
     p.add_argument(
         "--mode",
         choices=["resize", "pad"],
@@ -242,11 +287,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=_cmd_predict)
 
+    p = sub.add_parser("outputs", help="where every output of the pipeline is, as the settings place it")
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_outputs)
+
     p = sub.add_parser("compare", help="leaderboard of MLflow runs (differing settings, eval metrics) + images")
     _add_params_args(p)
     p.add_argument("--runs", nargs="*", default=[], help="MLflow run ids (default: every finished run)")
     p.add_argument("--filter", default="", help="MLflow filter, e.g. \"params.`train.loss.l1` = '50.0'\"")
-    p.add_argument("--out", type=Path, default=Path("outputs/compare"), help="(%(default)s)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.compare)")
     p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("pair", help="pair an A/ and a B/ folder (matched by file name) into aligned A|B images")
@@ -269,14 +318,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("montage", help="one image of the example strips across epochs (every k-th epoch)")
-    p.add_argument("--examples", type=Path, default=Path("outputs/train/examples"), help="(%(default)s)")
-    p.add_argument("--out", type=Path, default=Path("outputs/review/montage.png"), help="(%(default)s)")
+    _add_params_args(p)
+    p.add_argument("--examples", type=Path, default=None, help="strips folder (default: train.output_dir/examples)")
+    p.add_argument("--out", type=Path, default=None, help="PNG file (default: outputs.review/montage.png)")
     p.add_argument("--every", type=int, default=1, help="show every k-th epoch (the last always)")
     p.set_defaults(func=_cmd_montage)
 
     p = sub.add_parser("loss-graphs", help="loss and learning-rate graphs as PNG from the epoch table")
-    p.add_argument("--epochs", type=Path, default=Path("outputs/train/epochs.csv"), help="(%(default)s)")
-    p.add_argument("--out", type=Path, default=Path("outputs/review"), help="(%(default)s)")
+    _add_params_args(p)
+    p.add_argument("--epochs", type=Path, default=None, help="epoch table (default: train.output_dir/epochs.csv)")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.review)")
     p.set_defaults(func=_cmd_loss_graphs)
     return parser
 

@@ -3,6 +3,9 @@
 Every field carries the spec's description so that ``--help`` and the Prefect UI form can show
 it. Loading reports every problem in one error (unknown keys with a suggestion, wrong types,
 out-of-range values, cross-field conflicts) instead of stopping at the first.
+
+Settings are frozen: a changed copy is made with ``with_changes``, which runs the same checks as
+loading ``params.yaml`` (the cross-field ones included), so no code path holds unchecked settings.
 """
 
 from __future__ import annotations
@@ -11,7 +14,7 @@ import contextlib
 import copy
 import difflib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -33,9 +36,9 @@ class SettingsError(ValueError):
 
 
 class Strict(BaseModel):
-    """Base for every settings group: unknown keys are errors, assignments are validated."""
+    """Base for every settings group: unknown keys are errors, and values never change after validation."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
@@ -57,7 +60,7 @@ def _non_negative_range(value: tuple[float, float]) -> tuple[float, float]:
     return value
 
 
-# ---------------------------------------------------------------- augmentations (SPEC 3)
+# ---------------------------------------------------------------- augmentations
 
 
 class FlipAug(Strict):
@@ -216,7 +219,7 @@ class Augmentations(Strict):
     )
 
 
-# ---------------------------------------------------------------- data (SPEC 3)
+# ---------------------------------------------------------------- data
 
 
 class DataSettings(Strict):
@@ -236,7 +239,7 @@ class DataSettings(Strict):
     augment: Augmentations = Field(Augmentations(), description="Training augmentations.")
 
 
-# ---------------------------------------------------------------- models (SPEC 4)
+# ---------------------------------------------------------------- models
 
 Norm = Literal["instance", "batch", "none"]
 
@@ -275,7 +278,11 @@ class ModelSettings(Strict):
     discriminator: DiscriminatorSettings = Field(DiscriminatorSettings(), description="PatchGAN discriminator.")
 
 
-# ---------------------------------------------------------------- schedules and losses (SPEC 2)
+# ---------------------------------------------------------------- schedules and losses
+
+LossName = Literal["gan", "l1", "l2", "sobel", "laplacian", "vgg"]
+LOSS_NAMES: tuple[LossName, ...] = get_args(LossName)
+"""The generator's loss terms, in the order of every table and log."""
 
 
 class LRSchedule(Strict):
@@ -312,7 +319,7 @@ class LossSettings(Strict):
     vgg_weights: Path | None = Field(
         None, description="Local VGG19 ImageNet weights file; when null the torch hub cache is used."
     )
-    schedules: dict[Literal["gan", "l1", "l2", "sobel", "laplacian", "vgg"], WeightSchedule] = Field(
+    schedules: dict[LossName, WeightSchedule] = Field(
         default_factory=dict,
         description="Optional per-loss weight schedules by loss name; a scheduled loss ignores its fixed weight.",
     )
@@ -377,12 +384,18 @@ class TrainSettings(Strict):
 
 
 class SampleDataSettings(Strict):
+    """Integers are strict (no "0" or 64.0): these keys are only ever written by hand."""
+
     out: Path = Field(Path("data/sample"), description="Where `nectargan sample-data` writes the bundled dataset.")
-    size: int = Field(128, ge=32, multiple_of=16, description="Side of each half image of the sample pairs, pixels.")
-    train: int = Field(200, ge=1, description="Sample pairs in train/.")
-    val: int = Field(16, ge=1, description="Sample pairs in val/.")
-    test: int = Field(16, ge=1, description="Sample pairs in test/.")
-    seed: int = Field(0, ge=0, description="Seed of the procedural generator (the data is identical for a seed).")
+    size: int = Field(
+        128, ge=32, multiple_of=16, strict=True, description="Side of each half image of the sample pairs, pixels."
+    )
+    train: int = Field(200, ge=1, strict=True, description="Sample pairs in train/.")
+    val: int = Field(16, ge=1, strict=True, description="Sample pairs in val/.")
+    test: int = Field(16, ge=1, strict=True, description="Sample pairs in test/.")
+    seed: int = Field(
+        0, ge=0, strict=True, description="Seed of the procedural generator (the data is identical for a seed)."
+    )
 
 
 class TrackingSettings(Strict):
@@ -425,6 +438,18 @@ class EvaluateSettings(Strict):
     )
 
 
+class OutputSettings(Strict):
+    """Folders of the stages after training (the training run itself lives in ``train.output_dir``)."""
+
+    validation: Path = Field(Path("outputs/validation"), description="Dataset validation report (stage validate).")
+    examples: Path = Field(Path("outputs/examples"), description="Example strips of the final checkpoint.")
+    eval: Path = Field(Path("outputs/eval"), description="Evaluation table, metrics and report.")
+    export: Path = Field(Path("outputs/export"), description="The ONNX generator and its parity check.")
+    review: Path = Field(Path("outputs/review"), description="Montage of example strips and loss graphs.")
+    compare: Path = Field(Path("outputs/compare"), description="Leaderboard and side-by-side image of runs.")
+    predict: Path = Field(Path("outputs/predict"), description="Default folder of `nectargan predict`.")
+
+
 class Settings(Strict):
     seed: int = Field(0, ge=0, description="Seed for every random number generator.")
     data: DataSettings = Field(DataSettings(), description="Dataset and preprocessing.")
@@ -434,6 +459,7 @@ class Settings(Strict):
     tracking: TrackingSettings = Field(TrackingSettings(), description="MLflow tracking and model registry.")
     sample: SampleDataSettings = Field(SampleDataSettings(), description="The generated sample dataset.")
     evaluate: EvaluateSettings = Field(EvaluateSettings(), description="Evaluation of the final checkpoint.")
+    outputs: OutputSettings = Field(OutputSettings(), description="Output folders of the stages after training.")
 
 
 # ---------------------------------------------------------------- loading
@@ -507,14 +533,7 @@ def _apply_override(tree: dict[str, Any], override: str) -> None:
     if "=" not in override:
         raise SettingsError(override, [f"override '{override}' must look like key.sub=value"])
     dotted, raw = override.split("=", 1)
-    node = tree
-    parts = dotted.strip().split(".")
-    for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
-            raise SettingsError(override, [f"{dotted}: '{part}' is a value, not a group of settings"])
-        node = child
-    node[parts[-1]] = yaml.safe_load(raw)
+    _set_dotted(tree, dotted.strip(), yaml.safe_load(raw))
 
 
 def _drop(tree: Any, loc: tuple[Any, ...]) -> None:
@@ -573,21 +592,48 @@ def flatten_dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    node = tree
+    *parents, leaf = dotted.split(".")
+    for part in parents:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise SettingsError(dotted, [f"{dotted}: '{part}' is a value, not a group of settings"])
+        node = child
+    node[leaf] = value
+
+
+def with_changes(settings: Settings, changes: dict[str, Any], source: str = "<changed settings>") -> Settings:
+    """A copy with ``{"dotted.key": value}`` changes, validated like ``params.yaml`` (cross-field checks too)."""
+    tree = settings.model_dump(mode="json")
+    for dotted, value in changes.items():
+        _set_dotted(tree, dotted, value.as_posix() if isinstance(value, Path) else value)
+    return settings_from_dict(tree, source)
+
+
+def _path_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+    """Dotted keys of every Path-valued setting (optional ones included)."""
+    keys = []
+    for name, field in model.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            keys += _path_keys(field.annotation, f"{prefix}{name}.")
+        elif Path in (field.annotation, *get_args(field.annotation)):
+            keys.append(prefix + name)
+    return keys
+
+
+PATH_KEYS = tuple(_path_keys(Settings))
+"""Every setting that names a file or folder, relative to the project folder unless absolute."""
+
+
 def anchored(settings: Settings, base: Path) -> Settings:
     """A copy with relative paths made absolute against ``base``, the project folder.
 
     DVC and the CLI run in the project folder; a Prefect worker may not.
     """
-    result = settings.model_copy(deep=True)
-    result.data.root = base / result.data.root
-    result.train.output_dir = base / result.train.output_dir
-    result.sample.out = base / result.sample.out
-    if result.train.loss.vgg_weights is not None:
-        result.train.loss.vgg_weights = base / result.train.loss.vgg_weights
-    for key in ("lpips_weights", "fid_weights"):
-        if (value := getattr(result.evaluate, key)) is not None:
-            setattr(result.evaluate, key, base / value)
-    source = result.train.continue_from
+    flat = flatten_dotted(settings.model_dump(mode="json"))
+    changes: dict[str, Any] = {key: str(base / flat[key]) for key in PATH_KEYS if flat[key] is not None}
+    source = settings.train.continue_from
     if source and not source.startswith("models:/"):
-        result.train.continue_from = str(base / source)
-    return result
+        changes["train.continue_from"] = str(base / source)
+    return with_changes(settings, changes)

@@ -1,4 +1,4 @@
-"""Tests for the joint and pixel augmentation pipelines (SPEC 3)."""
+"""Tests for the joint and pixel augmentation pipelines."""
 
 from __future__ import annotations
 

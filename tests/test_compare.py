@@ -9,7 +9,6 @@ from mlflow import MlflowClient
 from mlflow.entities import Metric, Param
 from PIL import Image
 
-from nectargan_core.settings import settings_from_dict
 from nectargan_core.tracking.compare import (
     HEADER_HEIGHT,
     compare_runs,
@@ -18,6 +17,9 @@ from nectargan_core.tracking.compare import (
     short_keys,
     side_by_side,
 )
+from nectargan_core.tracking.tracker import Tracker
+
+from .helpers import project_settings
 
 EXPERIMENT = "compare-test"
 SIDE = 16  # each third of a strip is SIDE x SIDE
@@ -232,11 +234,9 @@ def test_short_keys_use_the_shortest_unique_tail():
 
 def test_compare_runs_writes_leaderboard_and_image_best_first(store, tmp_path):
     _client, uri, ids, _ = store
-    settings = settings_from_dict(
-        {"tracking": {"uri": uri, "experiment": EXPERIMENT, "system_metrics": False}, "train": {"num_examples": 2}}
-    )
+    settings = project_settings({"tracking.uri": uri, "tracking.experiment": EXPERIMENT})
     out = tmp_path / "compare"
-    board = compare_runs(settings, tmp_path, out, run_ids=[ids["a"], ids["b"]])
+    board = compare_runs(settings, Tracker.connect(settings.tracking, tmp_path), out, run_ids=[ids["a"], ids["b"]])
     assert board.differing == ["train.loss.l1"]
     assert sorted(p.name for p in out.iterdir()) == ["leaderboard.csv", "leaderboard.md", "side_by_side.png"]
     assert "| l1-50 | 50.0 |" in (out / "leaderboard.md").read_text()

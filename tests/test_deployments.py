@@ -15,6 +15,7 @@ from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow  # starts a Prefect server
 
 TRIGGER = """
 import json, sys, time

@@ -9,11 +9,11 @@ from torchvision.models import alexnet
 
 from nectargan_core.cli import main
 from nectargan_core.data.sample import generate_sample_dataset
-from nectargan_core.export.onnx import PARITY_TOLERANCE, onnx_metadata
-from nectargan_core.pipeline.evaluate import evaluate_checkpoint
-from nectargan_core.pipeline.predict import predict_folder
-from nectargan_core.pipeline.stages import evaluate_stage, export_stage, train_stage
-from nectargan_core.tracking.mlflow_run import connect
+from nectargan_core.inference.evaluate import evaluate_checkpoint
+from nectargan_core.inference.onnx import PARITY_TOLERANCE, onnx_metadata
+from nectargan_core.settings import SampleDataSettings, with_changes
+from nectargan_core.stages import evaluate_stage, export_stage, predict_stage, train_stage
+from nectargan_core.tracking.tracker import Tracker
 
 from .helpers import tiny_settings
 
@@ -22,14 +22,15 @@ from .helpers import tiny_settings
 def trained(sample_root, tmp_path_factory):
     project = tmp_path_factory.mktemp("export-project")
     settings = tiny_settings(sample_root, project / "outputs" / "train")
-    result = train_stage(settings, project)
+    result = train_stage(settings, Tracker.connect(settings.tracking, project), project)
     return project, settings, result
 
 
 @pytest.fixture(scope="module")
 def exported(trained):
     project, settings, _ = trained
-    return export_stage(settings, project, project / "outputs" / "export" / "generator.onnx", opset=18)
+    tracker = Tracker.connect(settings.tracking, project)
+    return export_stage(settings, tracker, project / "outputs" / "export" / "generator.onnx", opset=18)
 
 
 def test_onnx_export_matches_pytorch(trained, exported):
@@ -50,7 +51,7 @@ def test_onnx_export_matches_pytorch(trained, exported):
     }
     parity = json.loads(exported.path.with_suffix(".parity.json").read_text())
     assert parity["max_abs_diff"] == exported.max_abs_diff
-    client, _ = connect(settings.tracking, project)
+    client = Tracker.connect(settings.tracking, project).client
     assert {a.path for a in client.list_artifacts(result.run_id, "onnx")} == {
         "onnx/generator.onnx",
         "onnx/generator.parity.json",
@@ -77,7 +78,8 @@ def test_predict_keeps_any_input_size_and_agrees_across_model_formats(trained, e
         "registry": "models:/nectargan-generator@current",
         "onnx": str(exported.path),
     }.items():
-        written = predict_folder(source, tmp_path / "in", tmp_path / label, settings, project, mode)
+        tracker = Tracker.connect(settings.tracking, project)
+        written = predict_stage(settings, source, tmp_path / "in", tmp_path / label, mode, tracker)
         assert sorted(p.name for p in written) == ["square.png", "tall.png", "wide.png"]
         for path in written:
             with Image.open(path) as image:
@@ -90,20 +92,21 @@ def test_predict_keeps_any_input_size_and_agrees_across_model_formats(trained, e
 
 
 def test_predict_errors_name_the_input(trained, tmp_path):
-    project, settings, result = trained
+    _, settings, result = trained
     with pytest.raises(FileNotFoundError, match="input folder does not exist"):
-        predict_folder(str(result.checkpoint), tmp_path / "missing", tmp_path / "out", settings, project)
+        predict_stage(settings, str(result.checkpoint), tmp_path / "missing", tmp_path / "out")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images"):
-        predict_folder(str(result.checkpoint), tmp_path / "empty", tmp_path / "out", settings, project)
+        predict_stage(settings, str(result.checkpoint), tmp_path / "empty", tmp_path / "out")
     _odd_inputs(tmp_path / "in")
     with pytest.raises(FileNotFoundError, match="no such checkpoint or ONNX file"):
-        predict_folder(str(tmp_path / "nope.pt"), tmp_path / "in", tmp_path / "out", settings, project)
+        predict_stage(settings, str(tmp_path / "nope.pt"), tmp_path / "in", tmp_path / "out")
 
 
 def test_evaluation_report_shows_best_and_worst_samples(trained):
     project, settings, result = trained
-    evaluation = evaluate_stage(settings, project, project / "outputs" / "eval", samples=1)
+    tracker = Tracker.connect(settings.tracking, project)
+    evaluation = evaluate_stage(settings, tracker, project / "outputs" / "eval", samples=1)
     report = evaluation.report.read_text()
     for title in ("## Best by L1", "## Worst by L1", "## Best by SSIM", "## Worst by SSIM"):
         assert title in report
@@ -115,7 +118,7 @@ def test_evaluation_report_shows_best_and_worst_samples(trained):
     assert f"best_l1_01_{best_l1.removesuffix('.png')}.png" in strips and len(strips) == 4
     with Image.open(project / "outputs" / "eval" / "samples" / strips[0]) as strip:
         assert strip.size == (96, 32)
-    client, _ = connect(settings.tracking, project)
+    client = Tracker.connect(settings.tracking, project).client
     logged = {a.path for a in client.list_artifacts(result.run_id, "evaluation")}
     assert {"evaluation/report.md", "evaluation/samples"} <= logged
 
@@ -164,15 +167,13 @@ def test_lpips_and_fid_when_their_weights_are_local(trained, tmp_path, monkeypat
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))  # ... and the hub cache
     _fake_inception_weights(tmp_path / "torch" / "hub" / "checkpoints" / "weights-inception-2015-12-05-6726825d.pth")
     data = tmp_path / "data"
-    generate_sample_dataset(data, size=32, counts={"train": 2, "val": 2, "test": 12})
-    configured = settings.model_copy(deep=True)
-    configured.data.root = data
-    configured.evaluate.lpips_weights = lpips_file
+    generate_sample_dataset(SampleDataSettings(out=data, size=32, train=2, val=2, test=12))
+    configured = with_changes(settings, {"data.root": data, "evaluate.lpips_weights": lpips_file})
     evaluation = evaluate_checkpoint(configured, result.checkpoint, tmp_path / "eval", samples=1)
     assert evaluation.metrics["lpips"] >= 0 and evaluation.metrics["fid"] >= 0
     assert evaluation.notices == ()
     assert json.loads(evaluation.metrics_file.read_text())["fid"] == pytest.approx(evaluation.metrics["fid"])
-    configured.evaluate.lpips_weights = tmp_path / "missing.pth"
+    configured = with_changes(configured, {"evaluate.lpips_weights": tmp_path / "missing.pth"})
     skipped = evaluate_checkpoint(configured, result.checkpoint, tmp_path / "eval2", samples=1)
     assert "lpips" not in skipped.metrics
     assert any(

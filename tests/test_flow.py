@@ -12,11 +12,14 @@ from prefect.artifacts import Artifact
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
+from nectargan_core.checkpoint import CheckpointError
+from nectargan_core.settings import with_changes
 from nectargan_core.tracking.registry import RegistryError
-from nectargan_core.training.checkpoint import CheckpointError
 
 from .helpers import tiny_settings
 from .test_training import epoch_rows
+
+pytestmark = pytest.mark.slow  # starts a Prefect server
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +86,8 @@ def test_missing_alias_fails_before_training_and_names_what_exists(first_run, sa
 
 def test_mismatched_architecture_fails_before_training(first_run, sample_root):
     project, _, _ = first_run
-    wide = tiny_settings(sample_root, generator={"epochs": 9, "epochs_decay": 0})
-    wide.model.generator.features = 16
-    wide.train.output_dir = project / "outputs" / "wide"
+    wide = tiny_settings(sample_root, project / "outputs" / "wide", generator={"epochs": 9, "epochs_decay": 0})
+    wide = with_changes(wide, {"model.generator.features": 16})
     with pytest.raises(CheckpointError, match=r"model\.generator\.features: checkpoint 8, settings 16"):
         pipeline(settings=wide, continue_from="models:/nectargan-generator/1", project_dir=str(project))
     assert not (project / "outputs" / "wide" / "epochs.csv").exists()

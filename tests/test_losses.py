@@ -167,3 +167,10 @@ def test_weight_schedules():
     }
     assert loss_weights(cfg, 5)["sobel"] == 5.0  # the real epoch, for every loss
     assert ever_active(cfg, "sobel") and not ever_active(cfg, "vgg") and not ever_active(cfg, "l2")
+
+
+@pytest.mark.parametrize("kind", ["linear", "exponential"])
+def test_a_schedule_whose_start_is_its_end_steps_to_the_target_there(kind):
+    """end_epoch is where the target is reached, also when it is the start epoch."""
+    step = WeightSchedule(kind=kind, initial=1.0, target=8.0, start_epoch=4, end_epoch=4)
+    assert [scheduled_weight(step, e) for e in (1, 3, 4, 5)] == [1.0, 1.0, 8.0, 8.0]

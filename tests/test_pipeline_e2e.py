@@ -1,4 +1,8 @@
-"""`dvc repro` of the whole pipeline in a temporary git repo holding this project, with tiny settings."""
+"""`dvc repro` of the whole pipeline in a temporary git repo holding this project, with tiny settings.
+
+Every stage command runs under an import recorder, so the test knows which project modules each
+stage really loads and checks that dvc.yaml makes the stage depend on all of them.
+"""
 
 import json
 import os
@@ -14,6 +18,23 @@ from mlflow import MlflowClient
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+# Imported by every Python process started with the recorder folder on PYTHONPATH: at exit it writes
+# the project modules the process loaded, with its command line.
+RECORDER = """
+import atexit, json, os, sys
+
+def _record():
+    loaded = sorted({m.__file__ for n, m in list(sys.modules.items())
+                     if n.split(".")[0] == "nectargan_core" and getattr(m, "__file__", None)})
+    if loaded:
+        path = os.path.join(os.environ["NECTARGAN_IMPORT_LOG"], f"{os.getpid()}.json")
+        with open(path, "w") as handle:
+            json.dump({"argv": sys.argv, "modules": loaded}, handle)
+
+atexit.register(_record)
+"""
 TINY = {
     "sample": {"size": 32, "train": 6, "val": 2, "test": 2},
     "data": {"load_size": 36, "crop_size": 32, "batch_size": 2},
@@ -38,8 +59,8 @@ def _merge(base: dict, extra: dict) -> dict:
     return base
 
 
-def run(cmd: list[str], cwd: Path) -> str:
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1"}
+def run(cmd: list[str], cwd: Path, extra_env: dict[str, str] | None = None) -> str:
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "DVC_NO_ANALYTICS": "1", **(extra_env or {})}
     result = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
     assert result.returncode == 0, f"{' '.join(cmd)} failed:\n{result.stdout}\n{result.stderr}"
     return result.stdout + result.stderr
@@ -66,9 +87,42 @@ def project(tmp_path_factory) -> Path:
     return repo
 
 
-def test_dvc_repro_runs_the_pipeline_and_tracks_it(project):
-    out = run(["dvc", "repro"], project)
+def recorder_env(folder: Path) -> dict[str, str]:
+    (folder / "hook").mkdir(parents=True)
+    (folder / "log").mkdir()
+    (folder / "hook" / "sitecustomize.py").write_text(RECORDER)
+    return {"PYTHONPATH": str(folder / "hook"), "NECTARGAN_IMPORT_LOG": str(folder / "log")}
+
+
+def loaded_modules(log: Path) -> dict[str, set[str]]:
+    """Project modules (as ``nectargan_core/...`` paths) loaded per `nectargan SUBCOMMAND` process.
+
+    The console script runs the installed (editable) package, so the files are named from the
+    package folder on: the copies in the test repo are the same files.
+    """
+    by_command: dict[str, set[str]] = {}
+    for record in map(json.loads, (p.read_text() for p in log.glob("*.json"))):
+        argv = record["argv"]
+        if Path(argv[0]).name == "nectargan":
+            parts = [Path(m).parts for m in record["modules"]]
+            modules = {"/".join(p[p.index("nectargan_core") :]) for p in parts}
+            by_command.setdefault(argv[1], set()).update(modules)
+    return by_command
+
+
+def test_dvc_repro_runs_the_pipeline_and_tracks_it(project, tmp_path):
+    out = run(["dvc", "repro"], project, recorder_env(tmp_path))
     assert stages_run(out) == ["prepare", "validate", "train", "examples", "evaluate", "export"]
+
+    # Every module a stage's command loaded is covered by one of the stage's deps (a file or a folder).
+    stages = yaml.safe_load((project / "dvc.yaml").read_text())["stages"]
+    loaded = loaded_modules(tmp_path / "log")
+    for name, stage in stages.items():
+        command = stage["cmd"].split()[1]
+        deps = [d for d in stage["deps"] if not d.startswith("$")]
+        assert loaded.get(command), f"stage {name}: no import record of `{stage['cmd']}`"
+        uncovered = [m for m in sorted(loaded[command]) if not any(m == d or m.startswith(d + "/") for d in deps)]
+        assert not uncovered, f"stage {name} loads {uncovered} but does not depend on them in dvc.yaml"
 
     assert len(list((project / "data" / "sample" / "train").glob("*.png"))) == 6
     assert json.loads((project / "outputs" / "validation" / "validation.json").read_text())["ok"] is True
@@ -102,6 +156,17 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_it(project):
 
     again = run(["dvc", "repro"], project)
     assert stages_run(again) == [] and "Data and pipelines are up to date" in again
+
+    # A change to the settings model makes every stage stale; one to the Sobel loss, the ones that use it.
+    for module, stale in (
+        ("nectargan_core/settings.py", set(stages)),
+        ("nectargan_core/losses/pixel.py", {"train", "evaluate"}),
+    ):
+        original = (project / module).read_text()
+        (project / module).write_text(original + "# a comment\n")
+        status = json.loads(run(["dvc", "status", "--json"], project))
+        (project / module).write_text(original)
+        assert set(status) == stale, module
 
     params = yaml.safe_load((project / "params.yaml").read_text())
     params["train"]["loss"]["l1"] = 50.0

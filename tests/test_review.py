@@ -1,6 +1,7 @@
 import pytest
 from PIL import Image
 
+from nectargan_core.layout import strip_name
 from nectargan_core.reports.review import (
     BLANK,
     LEFT_MARGIN,
@@ -27,9 +28,7 @@ def write_strips(folder, epochs, samples, skip=()):
     for epoch in epochs:
         for sample in samples:
             if (epoch, sample) not in skip:
-                Image.new("RGB", (W, H), colour(epoch, sample)).save(
-                    folder / f"epoch_{epoch:04d}_sample_{sample:02d}.png"
-                )
+                Image.new("RGB", (W, H), colour(epoch, sample)).save(folder / strip_name(epoch, sample))
     (folder / "notes.txt").write_text("not a strip")
     return folder
 

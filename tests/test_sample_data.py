@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,23 +13,28 @@ from PIL import Image
 from nectargan_core.data.sample import (
     BACKGROUND,
     CLASS_NAMES,
-    DEFAULT_COUNTS,
     PALETTE,
-    SPLITS,
     WALL,
     WINDOW,
     generate_sample_dataset,
     render_pair,
 )
+from nectargan_core.files import SPLITS
+from nectargan_core.settings import SampleDataSettings, SettingsError, settings_from_dict
 
 SIZE = 64
 COUNTS = {"train": 6, "val": 2, "test": 2}
+DEFAULT_COUNTS = {split: getattr(SampleDataSettings(), split) for split in SPLITS}
+
+
+def generate(root: Path, size: int = 128, counts: dict[str, int] | None = None, seed: int = 0) -> dict[str, int]:
+    return generate_sample_dataset(SampleDataSettings(out=root, size=size, seed=seed, **(counts or {})))
 
 
 @pytest.fixture(scope="module")
 def small_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("facades")
-    result = generate_sample_dataset(root, size=SIZE, counts=COUNTS, seed=0)
+    result = generate(root, size=SIZE, counts=COUNTS, seed=0)
     assert result == COUNTS
     return root
 
@@ -69,14 +75,14 @@ def test_every_file_is_an_rgb_pair_of_the_right_size(small_root: Path) -> None:
 
 
 def test_generation_is_byte_identical_across_runs(small_root: Path, tmp_path: Path) -> None:
-    generate_sample_dataset(tmp_path, size=SIZE, counts=COUNTS, seed=0)
+    generate(tmp_path, size=SIZE, counts=COUNTS, seed=0)
     for path in _files(small_root):
         other = tmp_path / path.parent.name / path.name
         assert other.read_bytes() == path.read_bytes(), path.name
 
 
 def test_file_does_not_depend_on_how_many_are_generated(small_root: Path, tmp_path: Path) -> None:
-    generate_sample_dataset(tmp_path, size=SIZE, counts={"train": 3, "val": 1, "test": 1}, seed=0)
+    generate(tmp_path, size=SIZE, counts={"train": 3, "val": 1, "test": 1}, seed=0)
     for split, n in (("train", 3), ("val", 1), ("test", 1)):
         for i in range(n):
             name = f"{split}_{i:04d}.png"
@@ -84,7 +90,7 @@ def test_file_does_not_depend_on_how_many_are_generated(small_root: Path, tmp_pa
 
 
 def test_different_seed_gives_different_images(small_root: Path, tmp_path: Path) -> None:
-    generate_sample_dataset(tmp_path, size=SIZE, counts=COUNTS, seed=1)
+    generate(tmp_path, size=SIZE, counts=COUNTS, seed=1)
     for path in _files(small_root):
         a0, b0 = _load(path)
         a1, b1 = _load(tmp_path / path.parent.name / path.name)
@@ -160,7 +166,7 @@ def test_render_pair_shapes_and_determinism() -> None:
 
 
 def test_rerun_overwrites_and_removes_only_stale_pattern_files(tmp_path: Path) -> None:
-    generate_sample_dataset(tmp_path, size=32, counts={"train": 5, "val": 3, "test": 1}, seed=0)
+    generate(tmp_path, size=32, counts={"train": 5, "val": 3, "test": 1}, seed=0)
     reference = {p.name: p.read_bytes() for p in _files(tmp_path)}
     (tmp_path / "train" / "train_0000.png").write_bytes(b"corrupted")
     keep = [
@@ -173,7 +179,7 @@ def test_rerun_overwrites_and_removes_only_stale_pattern_files(tmp_path: Path) -
     for path in keep:
         path.write_bytes(b"keep me")
 
-    result = generate_sample_dataset(tmp_path, size=32, counts={"train": 2, "val": 1, "test": 1}, seed=0)
+    result = generate(tmp_path, size=32, counts={"train": 2, "val": 1, "test": 1}, seed=0)
 
     assert result == {"train": 2, "val": 1, "test": 1}
     assert sorted(p.name for p in (tmp_path / "train").glob("train_*.png")) == ["train_0000.png", "train_0001.png"]
@@ -183,48 +189,41 @@ def test_rerun_overwrites_and_removes_only_stale_pattern_files(tmp_path: Path) -
         assert (tmp_path / split / name).read_bytes() == reference[name]
     for path in keep:
         assert path.read_bytes() == b"keep me", path
-    assert not list(tmp_path.rglob(".*.tmp-*")), "temporary files left behind"
+    assert not list(tmp_path.rglob(".*.tmp")), "temporary files left behind"
 
 
 def test_missing_splits_in_counts_use_defaults(tmp_path: Path) -> None:
-    result = generate_sample_dataset(tmp_path, size=32, counts={"val": 1, "test": 2}, seed=3)
+    result = generate(tmp_path, size=32, counts={"val": 1, "test": 2}, seed=3)
     assert result == {"train": DEFAULT_COUNTS["train"], "val": 1, "test": 2}
     assert len(list((tmp_path / "train").glob("*.png"))) == DEFAULT_COUNTS["train"]
 
 
 @pytest.mark.parametrize(
-    ("kwargs", "arg"),
+    ("sample", "key"),
     [
-        ({"size": 30}, "size"),
-        ({"size": 16}, "size"),
-        ({"size": 40}, "size"),
-        ({"size": 64.0}, "size"),
-        ({"size": True}, "size"),
-        ({"counts": {"train": 0, "val": 1, "test": 1}}, "counts"),
-        ({"counts": {"train": 2, "val": -1, "test": 1}}, "counts"),
-        ({"counts": {"train": 2.5}}, "counts"),
-        ({"counts": {"training": 2}}, "counts"),
-        ({"counts": [2, 1, 1]}, "counts"),
-        ({"seed": -1}, "seed"),
-        ({"seed": "0"}, "seed"),
+        ({"size": 30}, "sample.size"),
+        ({"size": 16}, "sample.size"),
+        ({"size": 40}, "sample.size"),
+        ({"size": 24}, "sample.size"),
+        ({"size": 64.0}, "sample.size"),
+        ({"size": True}, "sample.size"),
+        ({"train": 0}, "sample.train"),
+        ({"val": -1}, "sample.val"),
+        ({"train": 2.5}, "sample.train"),
+        ({"training": 2}, "sample.training"),
+        ({"seed": -1}, "sample.seed"),
+        ({"seed": "0"}, "sample.seed"),
     ],
 )
-def test_bad_arguments_raise_value_error_naming_the_argument(
-    tmp_path: Path, kwargs: dict[str, object], arg: str
-) -> None:
-    with pytest.raises(ValueError, match=arg):
-        generate_sample_dataset(tmp_path, **kwargs)  # type: ignore[arg-type]
-    assert not any(tmp_path.iterdir()), "nothing may be written when the arguments are invalid"
-
-
-def test_render_pair_rejects_bad_size() -> None:
-    with pytest.raises(ValueError, match="size"):
-        render_pair(np.random.default_rng(0), 24)
+def test_bad_sample_settings_are_refused_naming_the_key(sample: dict[str, object], key: str) -> None:
+    """The settings model checks what the generator needs, so nothing is drawn from bad values."""
+    with pytest.raises(SettingsError, match=re.escape(key)):
+        settings_from_dict({"sample": sample})
 
 
 def test_default_counts_at_128_px(tmp_path: Path) -> None:
     """Full default dataset (also a speed sanity check: should take only a few seconds)."""
-    result = generate_sample_dataset(tmp_path)
+    result = generate(tmp_path)
     assert result == dict(DEFAULT_COUNTS) == {"train": 200, "val": 16, "test": 16}
     hashes = set()
     for split in SPLITS:

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from nectargan_core.settings import Settings, SettingsError, load_settings, settings_from_dict
+from nectargan_core.settings import Settings, SettingsError, load_settings, settings_from_dict, with_changes
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -150,6 +150,6 @@ def test_discriminator_schedule_follows_generator_unless_separate():
     )
     d = s.train.discriminator_schedule
     assert (d.epochs, d.initial, d.beta1) == (3, 1e-3, 0.9)
-    s.train.separate_schedules = True
+    s = with_changes(s, {"train.separate_schedules": True})
     d = s.train.discriminator_schedule
     assert (d.epochs, d.initial, d.beta1) == (9, 2e-4, 0.9)

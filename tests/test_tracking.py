@@ -5,10 +5,11 @@ import time
 
 import pytest
 
-from nectargan_core.pipeline.stages import evaluate_stage, examples_stage, train_stage
-from nectargan_core.tracking.mlflow_run import TrackingUnavailable, connect, settings_params
+from nectargan_core.checkpoint import CheckpointError
+from nectargan_core.settings import with_changes
+from nectargan_core.stages import evaluate_stage, examples_stage, train_stage
 from nectargan_core.tracking.registry import RegistryError, download_checkpoint
-from nectargan_core.training.checkpoint import CheckpointError
+from nectargan_core.tracking.tracker import Tracker, TrackingUnavailable, settings_params
 
 from .helpers import tiny_settings
 from .test_training import epoch_rows
@@ -23,13 +24,14 @@ def trained(sample_root, tmp_path_factory):
     """One tracked 2-epoch run in its own project folder (the embedded SQLite default)."""
     project = tmp_path_factory.mktemp("project")
     settings = tiny(sample_root, project)
-    result = train_stage(settings, project)
-    client, _ = connect(settings.tracking, project)
-    return project, settings, result, client
+    tracker = Tracker.connect(settings.tracking, project)
+    result = train_stage(settings, tracker, project)
+    return project, settings, result, tracker
 
 
 def test_the_run_records_every_setting_and_per_epoch_metrics(trained):
-    project, settings, result, client = trained
+    project, settings, result, tracker = trained
+    client = tracker.client
     assert (project / "mlflow.db").exists() and (project / "mlruns").is_dir()
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -64,23 +66,25 @@ def test_the_run_records_every_setting_and_per_epoch_metrics(trained):
 
 
 def test_final_checkpoint_is_a_registered_version_with_alias(trained):
-    project, _settings, result, client = trained
+    project, _settings, result, tracker = trained
+    client = tracker.client
     version = client.get_model_version_by_alias("nectargan-generator", "current")
     assert str(version.version) == result.model_version == "1"
     assert version.run_id == result.run_id
     assert version.tags["epoch"] == "2" and version.tags["run_id"] == result.run_id
     assert set(version.tags) >= {"params_hash", "git_commit", "dvc_md5"}
-    downloaded = download_checkpoint(client, "models:/nectargan-generator@current", project / "dl")
+    downloaded = download_checkpoint(tracker, "models:/nectargan-generator@current", project / "dl")
     assert downloaded.checkpoint.read_bytes() == result.checkpoint.read_bytes()
 
     assert hashlib.md5(result.checkpoint.read_bytes()).hexdigest() == version.tags["dvc_md5"]
 
 
 def test_examples_and_evaluation_log_into_the_training_run(trained):
-    project, settings, result, client = trained
-    strips = examples_stage(settings, project, project / "outputs" / "examples")
+    project, settings, result, tracker = trained
+    client = tracker.client
+    strips = examples_stage(settings, tracker, project / "outputs" / "examples")
     assert [p.name for p in strips] == ["epoch_0002_sample_00.png", "epoch_0002_sample_01.png"]
-    evaluation = evaluate_stage(settings, project, project / "outputs" / "eval")
+    evaluation = evaluate_stage(settings, tracker, project / "outputs" / "eval")
     assert evaluation.split == "test" and evaluation.epoch == 2
     metrics = json.loads((project / "outputs" / "eval" / "metrics.json").read_text())
     assert set(metrics) == {"split", "images", "epoch", "l1", "l2", "psnr", "ssim", "sobel", "laplacian"}
@@ -95,7 +99,8 @@ def test_examples_and_evaluation_log_into_the_training_run(trained):
 
 
 def test_continue_from_a_registered_model(trained, sample_root):
-    project, _settings, result, client = trained
+    project, _settings, result, tracker = trained
+    client = tracker.client
     child = tiny(
         sample_root,
         project,
@@ -103,9 +108,8 @@ def test_continue_from_a_registered_model(trained, sample_root):
         continue_from="models:/nectargan-generator@current",
         generator={"epochs": 3, "epochs_decay": 0},
     )
-    child.train.output_dir = project / "outputs" / "child"
-    child.train.loss.l1 = 50.0
-    continued = train_stage(child, project)
+    child = with_changes(child, {"train.output_dir": project / "outputs" / "child", "train.loss.l1": 50.0})
+    continued = train_stage(child, tracker, project)
     assert continued.last_epoch == 3 and continued.model_version == "2"
     rows = epoch_rows(project / "outputs" / "child")
     assert [r["epoch"] for r in rows] == ["3"] and rows[0]["l1_weight"] == "50.0"
@@ -125,15 +129,16 @@ def test_continue_from_a_registered_model(trained, sample_root):
     ],
 )
 def test_missing_registry_entries_name_what_exists(trained, uri, message):
-    project, _, _, client = trained
+    project, _, _, tracker = trained
     with pytest.raises(RegistryError) as info:
-        download_checkpoint(client, uri, project / "never")
+        download_checkpoint(tracker, uri, project / "never")
     assert message in str(info.value)
     assert not (project / "never").exists()
 
 
 def test_continue_with_another_architecture_fails_before_training(trained, sample_root):
-    project, _, _, client = trained
+    project, _, _, tracker = trained
+    client = tracker.client
     wide = tiny(
         sample_root,
         project,
@@ -141,10 +146,9 @@ def test_continue_with_another_architecture_fails_before_training(trained, sampl
         continue_from="models:/nectargan-generator/1",
         generator={"epochs": 4, "epochs_decay": 0},
     )
-    wide.model.generator.features = 16
-    wide.train.output_dir = project / "outputs" / "wide"
+    wide = with_changes(wide, {"model.generator.features": 16, "train.output_dir": project / "outputs" / "wide"})
     with pytest.raises(CheckpointError, match=r"model\.generator\.features: checkpoint 8, settings 16"):
-        train_stage(wide, project)
+        train_stage(wide, tracker, project)
     failed = client.search_runs(
         [client.get_experiment_by_name("nectargan").experiment_id],
         order_by=["attributes.start_time DESC"],
@@ -155,18 +159,17 @@ def test_continue_with_another_architecture_fails_before_training(trained, sampl
 
 
 def test_a_tracking_server_that_is_down_fails_fast(sample_root, tmp_path):
-    settings = tiny(sample_root, tmp_path)
-    settings.tracking.uri = "http://127.0.0.1:9"  # discard port: nothing listens
+    settings = with_changes(tiny(sample_root, tmp_path), {"tracking.uri": "http://127.0.0.1:9"})  # nothing listens
     started = time.monotonic()
     with pytest.raises(TrackingUnavailable, match="no MLflow server answers"):
-        connect(settings.tracking, tmp_path)
+        Tracker.connect(settings.tracking, tmp_path)
     assert time.monotonic() - started < 10
 
 
 def test_load_epoch_picks_another_checkpoint_of_the_parent_run(trained, sample_root):
-    project, _, _result, client = trained
-    first = download_checkpoint(client, "models:/nectargan-generator/1", project / "e1", epoch=1)
+    project, _, _result, tracker = trained
+    first = download_checkpoint(tracker, "models:/nectargan-generator/1", project / "e1", epoch=1)
     assert first.epoch == 1 and first.checkpoint.name == "epoch_0001.pt"
     assert first.checkpoint.read_bytes() == (project / "outputs/train/checkpoints/epoch_0001.pt").read_bytes()
     with pytest.raises(RegistryError, match="has no checkpoint for epoch 7; logged epochs: 1, 2"):
-        download_checkpoint(client, "models:/nectargan-generator/1", project / "e7", epoch=7)
+        download_checkpoint(tracker, "models:/nectargan-generator/1", project / "e7", epoch=7)

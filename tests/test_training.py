@@ -6,10 +6,12 @@ import pytest
 import torch
 from PIL import Image
 
+from nectargan_core.checkpoint import CheckpointError, load_checkpoint
 from nectargan_core.cli import main
+from nectargan_core.settings import with_changes
 from nectargan_core.training.callbacks import TrainingCallback
-from nectargan_core.training.checkpoint import CheckpointError, load_checkpoint
 from nectargan_core.training.records import LossLog
+from nectargan_core.training.step import Losses
 from nectargan_core.training.trainer import NonFiniteLossError, train
 
 from .helpers import tiny_settings
@@ -52,8 +54,7 @@ def test_same_seed_same_losses(sample_root, tmp_path):
     train(tiny_settings(sample_root, tmp_path / "a"))
     train(tiny_settings(sample_root, tmp_path / "b"))
     assert losses(epoch_rows(tmp_path / "a")) == losses(epoch_rows(tmp_path / "b"))
-    other = tiny_settings(sample_root, tmp_path / "c")
-    other.seed = 8
+    other = with_changes(tiny_settings(sample_root, tmp_path / "c"), {"seed": 8})
     train(other)
     assert losses(epoch_rows(tmp_path / "a")) != losses(epoch_rows(tmp_path / "c"))
 
@@ -123,8 +124,7 @@ def test_changed_architecture_is_refused(sample_root, tmp_path):
     out = tmp_path / "run"
     train(tiny_settings(sample_root, out))
     wider = tiny_settings(sample_root, out, continue_train=True)
-    wider.model.generator.features = 16
-    wider.data.input_channels = 1
+    wider = with_changes(wider, {"model.generator.features": 16, "data.input_channels": 1})
     with pytest.raises(CheckpointError) as info:
         train(wider)
     message = str(info.value)
@@ -148,8 +148,9 @@ def test_missing_epoch_and_missing_checkpoints_are_named(sample_root, tmp_path):
 def test_continue_from_an_explicit_checkpoint_path(sample_root, tmp_path):
     train(tiny_settings(sample_root, tmp_path / "parent"))
     source = tmp_path / "parent" / "checkpoints" / "epoch_0001.pt"
-    child = tiny_settings(sample_root, tmp_path / "child", continue_train=True, continue_from=str(source))
-    child.train.loss.l1 = 50.0
+    child = tiny_settings(
+        sample_root, tmp_path / "child", continue_train=True, continue_from=str(source), **{"loss.l1": 50.0}
+    )
     result = train(child)
     assert result.start_epoch == 2 and result.last_epoch == 2
     assert "train.loss.l1: 100.0 -> 50.0" in result.changed_settings
@@ -185,11 +186,8 @@ def test_example_strips_show_fixed_samples(sample_root, tmp_path):
 
 def test_weight_schedules_switch_losses_on_by_epoch(sample_root, tmp_path):
     out = tmp_path / "run"
-    settings = tiny_settings(sample_root, out)
-    settings.train.loss = settings.train.loss.model_validate(
-        {"schedules": {"sobel": {"initial": 0.0, "target": 4.0, "start_epoch": 1, "end_epoch": 2}}}
-    )
-    train(settings)
+    schedules = {"sobel": {"initial": 0.0, "target": 4.0, "start_epoch": 1, "end_epoch": 2}}
+    train(tiny_settings(sample_root, out, loss={"schedules": schedules}))
     first, second = epoch_rows(out)
     assert first["sobel"] == "" and first["sobel_weight"] == "0.0"
     assert float(second["sobel"]) > 0 and second["sobel_weight"] == "4.0"
@@ -199,7 +197,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample_root, t
     out = tmp_path / "run"
     train(tiny_settings(sample_root, out, **{"generator.epochs": 1}))
     blowup = tiny_settings(sample_root, out, continue_train=True, **{"generator.epochs": 2})
-    blowup.train.loss.l1 = 1e39  # overflows float32: the G loss is infinite
+    blowup = with_changes(blowup, {"train.loss.l1": 1e39})  # overflows float32: the G loss is infinite
     with pytest.raises(NonFiniteLossError) as info:
         train(blowup)
     message = str(info.value)
@@ -221,16 +219,24 @@ def test_bf16_autocast_and_channels_last_run_on_cpu(sample_root, tmp_path, extra
 def test_loss_log_appends_without_rewriting(tmp_path):
     path = tmp_path / "loss_log.csv"
     log = LossLog(path)
-    log.add_epoch(1, ["D", "l1"], [1.0, 10.0], [[0.5, 0.25]])
+    weights = {"gan": 1.0, "l1": 10.0}
+    log.add_epoch(1, [Losses(0.5, 3.0, {"l1": 0.25})], weights)
     log.flush()
+    with path.open() as handle:
+        first = list(csv.DictReader(handle))
+    assert [(r["loss"], r["value"], r["weight"], r["weighted"]) for r in first] == [
+        ("D", "0.5", "1.0", "0.5"),
+        ("G", "3.0", "1.0", "3.0"),
+        ("l1", "0.25", "10.0", "2.5"),
+    ]
     # Mark the written rows: a flush that rewrote the file from memory would lose the mark.
     marked = path.read_bytes().replace(b"0.5,", b"0.7,")
     path.write_bytes(marked)
-    log.add_epoch(2, ["D", "l1"], [1.0, 10.0], [[0.4, 0.2], [0.3, 0.1]])
-    assert log.pending == 4
+    log.add_epoch(2, [Losses(0.4, 2.0, {"l1": 0.2}), Losses(0.3, 1.0, {"l1": 0.1})], weights)
+    assert log.pending == 6
     log.flush()
     after = path.read_bytes()
-    assert after.startswith(marked) and after.count(b"\n") == 1 + 2 + 4
+    assert after.startswith(marked) and after.count(b"\n") == 1 + 3 + 6
     assert log.pending == 0
 
 
@@ -250,7 +256,7 @@ class LogLinesAtEpochEnd(TrainingCallback):
 def test_loss_log_is_appended_every_dump_frequency_epochs(sample_root, tmp_path):
     out = tmp_path / "run"
     settings = tiny_settings(sample_root, out, checkpoint_every=10, **{"generator.epochs": 3})
-    settings.logging.dump_frequency = 2
+    settings = with_changes(settings, {"logging.dump_frequency": 2})
     watcher = LogLinesAtEpochEnd(out / "loss_log.csv")
     train(settings, [watcher])
     assert watcher.epochs_on_disk == {1: set(), 2: {1, 2}, 3: {1, 2}}
@@ -267,9 +273,7 @@ def test_continuing_past_the_total_is_an_error(sample_root, tmp_path):
 
 def test_data_loader_workers_keep_continue_exact(sample_root, tmp_path):
     def workers(out, **kw):
-        settings = tiny_settings(sample_root, out, **kw)
-        settings.data.num_workers = 2
-        return settings
+        return with_changes(tiny_settings(sample_root, out, **kw), {"data.num_workers": 2})
 
     train(workers(tmp_path / "full", **{"generator.epochs": 3}))
     with pytest.raises(KeyboardInterrupt):
@@ -310,7 +314,7 @@ def test_checkpoints_are_readable_by_others(sample_root, tmp_path):
 def test_cli_train_command(sample_root, tmp_path, capsys):
     params = tmp_path / "params.yaml"
     settings = tiny_settings(sample_root, tmp_path / "run", **{"generator.epochs": 1})
-    settings.tracking.uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    settings = with_changes(settings, {"tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     params.write_text(json.dumps(settings.model_dump(mode="json")))
     assert main(["train", "--params", str(params)]) == 0
     captured = capsys.readouterr()
@@ -324,8 +328,9 @@ def test_cli_train_command(sample_root, tmp_path, capsys):
 def test_continuing_from_an_earlier_epoch_replaces_the_later_records(sample_root, tmp_path):
     out = tmp_path / "run"
     train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
-    again = tiny_settings(sample_root, out, continue_train=True, load_epoch=1, **{"generator.epochs": 3})
-    again.train.loss.l1 = 10.0
+    again = tiny_settings(
+        sample_root, out, continue_train=True, load_epoch=1, **{"generator.epochs": 3, "loss.l1": 10.0}
+    )
     result = train(again)
     assert result.start_epoch == 2
     rows = epoch_rows(out)

@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from nectargan_core.cli import main
-from nectargan_core.pipeline.stages import DatasetInvalid, validate_stage
-from nectargan_core.pipeline.validate import validate_dataset
-from nectargan_core.settings import DataSettings, settings_from_dict
+from nectargan_core.data.validate import validate_dataset
+from nectargan_core.settings import DataSettings
+from nectargan_core.stages import DatasetInvalid, validate_stage
+
+from .helpers import project_settings
 
 
 def _data(root, **kw):
@@ -104,12 +106,7 @@ def test_stage_refuses_bad_data_and_cli_prints_the_table(tmp_path, capsys):
         (root / split).mkdir(parents=True)
         _rgb(64, 32, 7 if split == "train" else 8).save(root / split / "ok.png")
     (root / "val" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    settings = settings_from_dict(
-        {
-            "data": {"root": str(root), "load_size": 36, "crop_size": 32},
-            "model": {"generator": {"n_downs": 1, "dropout_blocks": 2}},
-        }
-    )
+    settings = project_settings({"data.root": str(root)})
     with pytest.raises(DatasetInvalid) as info:
         validate_stage(settings, tmp_path / "report")
     assert "val/broken.png" in str(info.value) and "decodes" in str(info.value)

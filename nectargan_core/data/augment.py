@@ -1,4 +1,4 @@
-"""Training augmentations (SPEC 3), built on ``torchvision.transforms.v2``.
+"""Training augmentations, built on ``torchvision.transforms.v2``.
 
 Joint augmentations are called as ``joint(input_image, target_image)``; v2 draws one set of random
 parameters per call (``make_params``) and applies it to both images, so geometry stays aligned

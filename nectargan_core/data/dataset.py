@@ -11,10 +11,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from nectargan_core.files import list_images
 from nectargan_core.settings import DataSettings
 
-IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
-SPLITS = ("train", "val", "test")
 PairTransform = Callable[[Image.Image, Image.Image], tuple[torch.Tensor, torch.Tensor]]
 
 
@@ -25,10 +24,6 @@ class PairFiles:
     name: str
     a: Path
     b: Path | None = None
-
-
-def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 def split_layout(split_dir: Path, layout: str) -> Literal["aligned", "folders"]:
@@ -50,9 +45,9 @@ def list_pairs(root: Path, split: str, layout: str = "auto") -> list[PairFiles]:
             f"{split_dir}: split folder missing; the dataset root needs train/ and val/ (test/ optional)"
         )
     if split_layout(split_dir, layout) == "aligned":
-        return [PairFiles(p.name, p) for p in _images_in(split_dir)]
-    b_by_name = {p.name: p for p in _images_in(split_dir / "B")} if (split_dir / "B").is_dir() else {}
-    return [PairFiles(p.name, p, b_by_name[p.name]) for p in _images_in(split_dir / "A") if p.name in b_by_name]
+        return [PairFiles(p.name, p) for p in list_images(split_dir)]
+    b_by_name = {p.name: p for p in list_images(split_dir / "B")} if (split_dir / "B").is_dir() else {}
+    return [PairFiles(p.name, p, b_by_name[p.name]) for p in list_images(split_dir / "A") if p.name in b_by_name]
 
 
 def _mode(channels: int) -> str:

@@ -13,28 +13,16 @@ per-image wall/sky colour and mild texture noise, so the A -> B mapping is learn
 
 from __future__ import annotations
 
-import os
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
-from types import MappingProxyType
 
 import numpy as np
-from PIL import Image
 
-__all__ = [
-    "CLASS_NAMES",
-    "DEFAULT_COUNTS",
-    "PALETTE",
-    "SPLITS",
-    "generate_sample_dataset",
-    "render_pair",
-]
+from nectargan_core.files import SPLITS, save_image_atomic
+from nectargan_core.settings import SampleDataSettings
 
-SPLITS = ("train", "val", "test")
-
-# Read-only so a caller cannot silently change the default for everyone else.
-DEFAULT_COUNTS: Mapping[str, int] = MappingProxyType({"train": 200, "val": 16, "test": 16})
+__all__ = ["CLASS_NAMES", "PALETTE", "generate_sample_dataset", "render_pair"]
 
 # Label classes; the index of a name is its class id in the label map and its row in PALETTE.
 CLASS_NAMES = ("background", "wall", "window", "door", "balcony", "cornice", "pillar", "roof")
@@ -77,18 +65,6 @@ _ROOF_TONES = np.array([(125, 58, 42), (72, 76, 88), (98, 72, 60)], dtype=np.flo
 
 Shader = Callable[[np.ndarray, np.ndarray], np.ndarray]
 Mask = Callable[[np.ndarray, np.ndarray], np.ndarray]
-
-
-def _check_size(size: object) -> int:
-    """Reject sizes the UNet cannot take (it halves the image several times) or that are too small."""
-    if isinstance(size, bool) or not isinstance(size, (int, np.integer)):
-        raise ValueError(f"size must be an int, got {size!r}; pass e.g. size=128")
-    if size < 32 or size % 16 != 0:
-        raise ValueError(
-            f"size must be >= 32 and a multiple of 16 (the generator downsamples by powers of two), "
-            f"got {size}; use e.g. 64, 128 or 256"
-        )
-    return int(size)
 
 
 class _Canvas:
@@ -152,8 +128,9 @@ def render_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
 
     A is the flat-colour label map (only PALETTE colours); B is the rendering of the same layout.
     All randomness comes from ``rng``, so a seeded generator gives identical output every run.
+    ``size`` is what ``sample.size`` allows (>= 32, a multiple of 16).
     """
-    s = _check_size(size)
+    s = size
     f32 = np.float32
 
     # ---- per-image appearance (colour variation the generator cannot infer from A) -----------------
@@ -360,65 +337,27 @@ def render_pair(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nda
     return a, b
 
 
-def _resolve_counts(counts: Mapping[str, int] | None) -> dict[str, int]:
-    """Merge ``counts`` over the defaults and validate it, so a typo fails loudly instead of silently."""
-    if counts is None:
-        return dict(DEFAULT_COUNTS)
-    if not isinstance(counts, Mapping):
-        raise ValueError(f"counts must be a mapping like {dict(DEFAULT_COUNTS)}, got {type(counts).__name__}")
-    unknown = sorted(set(counts) - set(SPLITS))
-    if unknown:
-        raise ValueError(f"counts has unknown split(s) {unknown}; use only {list(SPLITS)}")
-    resolved = dict(DEFAULT_COUNTS)
-    for split, n in counts.items():
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ValueError(f"counts[{split!r}] must be an int >= 1, got {n!r}; every split needs a file")
-        resolved[split] = int(n)
-    return resolved
-
-
-def _write_png_atomic(path: Path, pixels: np.ndarray) -> None:
-    """Write via a temporary file and rename, so a crash never leaves a truncated PNG behind."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        Image.fromarray(pixels).save(tmp, format="PNG")
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def generate_sample_dataset(
-    root: Path,
-    size: int = 128,
-    counts: Mapping[str, int] | None = None,
-    seed: int = 0,
-) -> dict[str, int]:
-    """Write the procedural facades dataset under ``root`` and return the number of files per split.
+def generate_sample_dataset(cfg: SampleDataSettings) -> dict[str, int]:
+    """Write the procedural facades dataset under ``cfg.out`` and return the number of files per split.
 
     Every file is drawn from ``np.random.default_rng([seed, split_index, index])``, so its bytes
     depend only on (seed, split, index, size): re-runs are identical and a file does not change
     with the number of others. Existing files are overwritten; stale ``{split}_NNNN.png`` files left
     by a previous, larger run are removed (nothing else in the split folders is touched).
-    ``counts`` overrides the defaults (train 200, val 16, test 16) per split.
     """
-    size = _check_size(size)
-    resolved = _resolve_counts(counts)
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative int, got {seed!r}; pass e.g. seed=0")
-    root = Path(root)
-
+    root = Path(cfg.out)
+    counts = {"train": cfg.train, "val": cfg.val, "test": cfg.test}
     written: dict[str, int] = {}
     for split_id, split in enumerate(SPLITS):
-        n = resolved[split]
+        n = counts[split]
         split_dir = root / split
         split_dir.mkdir(parents=True, exist_ok=True)
         expected = set()
         for index in range(n):
-            rng = np.random.default_rng([int(seed), split_id, index])
-            a, b = render_pair(rng, size)
+            rng = np.random.default_rng([cfg.seed, split_id, index])
+            a, b = render_pair(rng, cfg.size)
             name = f"{split}_{index:04d}.png"
-            _write_png_atomic(split_dir / name, np.concatenate([a, b], axis=1))
+            save_image_atomic(np.concatenate([a, b], axis=1), split_dir / name)
             expected.add(name)
         pattern = re.compile(_NAME_RE_TEMPLATE.format(split=re.escape(split)))
         for entry in split_dir.iterdir():

@@ -1,4 +1,4 @@
-"""Train and eval preprocessing of an (input, target) pair, as SPEC 3.
+"""Train and eval preprocessing of an (input, target) pair, as the trainer and the evaluation see it.
 
 Train: bicubic resize of both to load size, the same random crop and joint augmentations on
 both, then input-only and target-only pixel augmentations, then [-1, 1]. Eval: bicubic resize

@@ -16,18 +16,17 @@ import random
 import shutil
 import subprocess
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from nectargan_core.data.dataset import IMAGE_SUFFIXES, SPLITS, list_pairs, split_layout
+from nectargan_core.data.dataset import list_pairs, split_layout
+from nectargan_core.files import IMAGE_SUFFIXES, REQUIRED_SPLITS, SPLITS, list_images, write_atomic, write_text_atomic
 
 __all__ = ["PairingReport", "import_dataset", "pair_folders", "split_dataset"]
 
 REPORT_NAME = "pairing_report.csv"
-REQUIRED_SPLITS = ("train", "val")
 
 
 # ---- small shared helpers ---------------------------------------------------------------------------
@@ -42,22 +41,7 @@ def _require_dir(folder: Path, what: str) -> Path:
 
 def _image_names(folder: Path) -> list[str]:
     """Same selection as the dataset loader: plain files with an image suffix, sorted by name."""
-    return sorted(p.name for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """``write(tmp)`` then rename over ``path``: readers never see a half-written file."""
-    tmp = _tmp_sibling(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    return [p.name for p in list_images(folder)]
 
 
 def _same_dir(a: Path, b: Path) -> bool:
@@ -162,7 +146,7 @@ def pair_folders(a_dir: Path, b_dir: Path, out_dir: Path, size: int | None = Non
         pair = Image.new("RGB", (2 * target[0], target[1]))
         pair.paste(a, (0, 0))
         pair.paste(b, (target[0], 0))
-        _write_atomic(out_dir / f"{Path(name).stem}.png", lambda tmp, img=pair: img.save(tmp, format="PNG"))
+        write_atomic(out_dir / f"{Path(name).stem}.png", lambda tmp, img=pair: img.save(tmp, format="PNG"))
 
     report = PairingReport(paired=paired, only_in_a=only_in_a, only_in_b=only_in_b, resized=resized)
     rows = sorted(
@@ -172,7 +156,7 @@ def pair_folders(a_dir: Path, b_dir: Path, out_dir: Path, size: int | None = Non
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["file", "status"])
     writer.writerows(rows)
-    _write_atomic(out_dir / REPORT_NAME, lambda tmp: tmp.write_text(buffer.getvalue(), encoding="utf-8"))
+    write_text_atomic(out_dir / REPORT_NAME, buffer.getvalue())
     return report
 
 
@@ -234,7 +218,7 @@ def split_dataset(
         split_dir = out_root / split
         split_dir.mkdir(parents=True, exist_ok=True)
         for name in files:
-            _write_atomic(split_dir / name, lambda tmp, src=source / name: shutil.copy2(src, tmp))
+            write_atomic(split_dir / name, lambda tmp, src=source / name: shutil.copy2(src, tmp))
     return {split: sorted(files) for split, files in chosen.items()}
 
 
@@ -292,7 +276,7 @@ def import_dataset(source: Path, name: str, project_dir: Path, data_dir: str = "
 
     made_parent = not dest.parent.exists()
     dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_sibling(dest)
+    tmp = dest.with_name(f".{dest.name}.tmp-{os.getpid()}")  # a folder: copied whole, then renamed
     try:
         shutil.copytree(source, tmp)
         os.replace(tmp, dest)

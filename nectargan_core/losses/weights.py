@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
-from nectargan_core.settings import LossSettings, WeightSchedule
-
-LOSS_NAMES = ("gan", "l1", "l2", "sobel", "laplacian", "vgg")
+from nectargan_core.settings import LOSS_NAMES, LossSettings, WeightSchedule
 
 
 def scheduled_weight(schedule: WeightSchedule, epoch: int) -> float:
-    """Weight at 1-based ``epoch``: initial up to start, target from end on, interpolated between."""
-    if epoch <= schedule.start_epoch:
-        return schedule.initial
+    """Weight at 1-based ``epoch``: initial before start, target from end on, interpolated between.
+
+    The end epoch wins over the start epoch, so ``start_epoch == end_epoch`` is a step to the target there.
+    """
     if epoch >= schedule.end_epoch:
         return schedule.target
+    if epoch <= schedule.start_epoch:
+        return schedule.initial
     t = (epoch - schedule.start_epoch) / (schedule.end_epoch - schedule.start_epoch)
     if schedule.kind == "linear":
         return schedule.initial + t * (schedule.target - schedule.initial)

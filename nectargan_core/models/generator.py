@@ -3,7 +3,8 @@
 Depth: a first stride-2 layer, ``n_downs`` further stride-2 layers, then a stride-2 bottleneck,
 so the input side must be a multiple of ``2 ** (n_downs + 2)`` (256 at the default, where the
 bottleneck is 1x1). Convolutions that feed a normalisation layer carry no bias (it would cancel);
-the bilinear variant's 3x3 convolutions keep theirs (this gives the reference counts of SPEC 4).
+the bilinear variant's 3x3 convolutions keep theirs (this gives the reference parameter counts,
+54,404,675 and 39,150,979).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Review a training run at a glance: a montage of its example strips and graphs of its epoch table.
 
-The trainer writes ``examples/epoch_NNNN_sample_KK.png`` (input | generated | target) and
-``epochs.csv`` (one row per epoch, see ``nectargan_core.training.records.EPOCH_COLUMNS``). Looking
+The trainer writes example strips (input | generated | target, named as ``nectargan_core.layout``
+says) and ``epochs.csv`` (one row per epoch, see ``nectargan_core.training.records.EPOCH_COLUMNS``). Looking
 through dozens of strips or a wide CSV does not show how a run progressed; one grid image and
 three small plots do. Both functions only read those files, so they work on a run in progress.
 """
@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from nectargan_core.losses.weights import LOSS_NAMES
+from nectargan_core.files import save_image_atomic, write_atomic
+from nectargan_core.layout import STRIP_PATTERN, ReviewPaths, strip_key
+from nectargan_core.settings import LOSS_NAMES
 
-STRIP_NAME = re.compile(r"epoch_(\d+)_sample_(\d+)\.png")
 LEFT_MARGIN = 104  # px left of the grid, holds "epoch N"
 TOP_MARGIN = 44  # px above the grid, holds "sample K" and "input | generated | target"
 BLANK = (128, 128, 128)  # a cell whose strip is missing
@@ -35,12 +35,7 @@ def find_strips(examples_dir: Path) -> dict[tuple[int, int], Path]:
             f"examples folder {examples_dir} does not exist: pass the run's examples/ folder "
             "(train.output_dir/examples), or train at least one epoch first"
         )
-    strips = {}
-    for path in examples_dir.iterdir():
-        match = STRIP_NAME.fullmatch(path.name)
-        if match and path.is_file():
-            strips[(int(match[1]), int(match[2]))] = path
-    return strips
+    return {key: path for path in examples_dir.iterdir() if (key := strip_key(path.name)) and path.is_file()}
 
 
 def select_epochs(epochs: Sequence[int], every: int) -> list[int]:
@@ -71,7 +66,7 @@ def example_montage(examples_dir: Path, out_path: Path, every: int = 1, samples:
     strips = find_strips(examples_dir)
     if not strips:
         raise FileNotFoundError(
-            f"no example strips (epoch_NNNN_sample_KK.png) in {examples_dir}: "
+            f"no example strips ({STRIP_PATTERN}) in {examples_dir}: "
             "check the path, or train until examples are written"
         )
     present = sorted({sample for _, sample in strips})
@@ -114,9 +109,7 @@ def example_montage(examples_dir: Path, out_path: Path, every: int = 1, samples:
                 strip = strip.resize((cell_w, cell_h), Image.Resampling.BILINEAR)
             canvas.paste(strip, box)
 
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path, format="PNG")
-    return out_path
+    return save_image_atomic(canvas, out_path)
 
 
 def _read_epochs(epochs_csv: Path) -> tuple[list[str], list[dict[str, str]]]:
@@ -165,20 +158,19 @@ def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
     from matplotlib.figure import Figure
     from matplotlib.ticker import MaxNLocator
 
-    epochs_csv, out_dir = Path(epochs_csv), Path(out_dir)
+    epochs_csv, paths = Path(epochs_csv), ReviewPaths(Path(out_dir))
     header, rows = _read_epochs(epochs_csv)
     epochs = [int(row["epoch"]) for row in rows]
     style = {"marker": "o", "markersize": 3, "linewidth": 1.5}  # markers keep single-epoch values visible
-    out_dir.mkdir(parents=True, exist_ok=True)
+    paths.root.mkdir(parents=True, exist_ok=True)
     written = []
 
-    def save(fig: Figure, name: str) -> None:
+    def save(fig: Figure, path: Path) -> None:
         for ax in fig.axes:
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(True, alpha=0.3)
         fig.axes[-1].set_xlabel("epoch")
-        path = out_dir / name
-        FigureCanvasAgg(fig).print_png(str(path))
+        write_atomic(path, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
         written.append(path)
 
     fig = Figure(figsize=(8, 6), dpi=100, layout="constrained")
@@ -189,7 +181,7 @@ def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
         ax.plot(epochs, _column(rows, column), color=colour, **style)
         ax.set_title(f"{label} ({column}, epoch mean)")
         ax.set_ylabel(column)
-    save(fig, "losses.png")
+    save(fig, paths.losses)
 
     terms = _terms(header, rows)
     fig = Figure(figsize=(8, max(3, 2.2 * len(terms))), dpi=100, layout="constrained")
@@ -202,7 +194,7 @@ def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
     else:
         ax = fig.subplots()
         ax.text(0.5, 0.5, "no loss term ran in any epoch", ha="center", va="center", transform=ax.transAxes)
-    save(fig, "loss_terms.png")
+    save(fig, paths.loss_terms)
 
     fig = Figure(figsize=(8, 4), dpi=100, layout="constrained")
     ax = fig.subplots()
@@ -212,5 +204,5 @@ def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))
     ax.legend()
-    save(fig, "learning_rates.png")
+    save(fig, paths.learning_rates)
     return written

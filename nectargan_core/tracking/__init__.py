@@ -1,1 +1,1 @@
-"""MLflow tracking and the model registry (attached to the trainer through its callbacks)."""
+"""MLflow: one Tracker per process, the training callback, the model registry, provenance and run comparison."""

@@ -8,7 +8,6 @@ Runs are picked by id or by an MLflow filter string over the experiment, e.g.
 from __future__ import annotations
 
 import csv
-import re
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,21 +19,18 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from PIL import Image, ImageDraw, ImageFont
 
+from nectargan_core.files import split_strip
+from nectargan_core.layout import STRIP_PATTERN, ComparePaths, strip_key
 from nectargan_core.settings import Settings
-from nectargan_core.tracking.mlflow_run import connect
-
-EXAMPLES_PATH = "examples/final"
-"""Where the examples stage logs the final strips in the training run."""
+from nectargan_core.tracking.tracker import EVAL_METRIC_PREFIX, FINAL_EXAMPLES_ARTIFACT, Tracker
 
 HEADER_HEIGHT = 48
 """Pixels of the label row above the images of ``side_by_side`` (room for a name and three params)."""
 
-EVAL_ORDER = ("eval/l1", "eval/l2", "eval/psnr", "eval/ssim", "eval/sobel", "eval/laplacian")
+EVAL_ORDER = tuple(EVAL_METRIC_PREFIX + name for name in ("l1", "l2", "psnr", "ssim", "sobel", "laplacian"))
 """Column order of the known evaluation metrics; any other ``eval/*`` metric follows, sorted."""
 
-SORT_METRIC = "eval/l1"
-
-_STRIP_NAME = re.compile(r"^epoch_(\d+)_sample_(\d+)\.png$")
+SORT_METRIC = EVAL_ORDER[0]
 
 Cell = str | float | None
 
@@ -108,7 +104,7 @@ def differing_params(runs: Sequence[Run]) -> list[str]:
 
 
 def _eval_keys(runs: Sequence[Run]) -> list[str]:
-    present = {key for run in runs for key in run.data.metrics if key.startswith("eval/")}
+    present = {key for run in runs for key in run.data.metrics if key.startswith(EVAL_METRIC_PREFIX)}
     return [key for key in EVAL_ORDER if key in present] + sorted(present - set(EVAL_ORDER))
 
 
@@ -135,7 +131,7 @@ class Leaderboard:
         columns = self.columns
         lines = [
             "| " + " | ".join(columns) + " |",
-            "|" + "|".join("---:" if column.startswith("eval/") else "---" for column in columns) + "|",
+            "|" + "|".join("---:" if column.startswith(EVAL_METRIC_PREFIX) else "---" for column in columns) + "|",
         ]
         lines += ["| " + " | ".join(_format(row[column]) for column in columns) + " |" for row in self.rows]
         return "\n".join(lines) + "\n"
@@ -143,7 +139,7 @@ class Leaderboard:
     def write(self, out_dir: Path) -> tuple[Path, Path]:
         """``leaderboard.csv`` (full precision, empty cells for missing values) and ``leaderboard.md``."""
         out_dir.mkdir(parents=True, exist_ok=True)
-        csv_path, md_path = out_dir / "leaderboard.csv", out_dir / "leaderboard.md"
+        csv_path, md_path = ComparePaths(out_dir).leaderboard_csv, ComparePaths(out_dir).leaderboard_md
         with csv_path.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.columns)
             writer.writeheader()
@@ -204,30 +200,21 @@ def run_label(run: Run, differing: Sequence[str]) -> list[str]:
 def _strips(client: MlflowClient, run: Run, dst: Path) -> dict[int, Path]:
     """The run's final strips by sample index (of the latest epoch logged), downloaded into ``dst``."""
     name = run.info.run_name or "unnamed"
-    if not client.list_artifacts(run.info.run_id, EXAMPLES_PATH):
+    if not client.list_artifacts(run.info.run_id, FINAL_EXAMPLES_ARTIFACT):
         raise ValueError(
-            f"run {run.info.run_id} ({name}) has no example strips under {EXAMPLES_PATH}; run the examples stage"
+            f"run {run.info.run_id} ({name}) has no example strips under {FINAL_EXAMPLES_ARTIFACT}; "
+            "run the examples stage"
         )
     dst.mkdir(parents=True, exist_ok=True)
-    folder = Path(client.download_artifacts(run.info.run_id, EXAMPLES_PATH, str(dst)))  # one transfer per run
+    # one transfer per run
+    folder = Path(client.download_artifacts(run.info.run_id, FINAL_EXAMPLES_ARTIFACT, str(dst)))
     by_epoch: dict[int, dict[int, Path]] = {}
-    for path in folder.glob("epoch_*_sample_*.png"):
-        if match := _STRIP_NAME.search(path.name):
-            by_epoch.setdefault(int(match[1]), {})[int(match[2])] = path
+    for path in folder.iterdir():
+        if (key := strip_key(path.name)) is not None:
+            by_epoch.setdefault(key[0], {})[key[1]] = path
     if not by_epoch:
-        raise ValueError(f"run {run.info.run_id} ({name}): no epoch_NNNN_sample_KK.png strips under {EXAMPLES_PATH}")
+        raise ValueError(f"run {run.info.run_id} ({name}): no {STRIP_PATTERN} strips under {FINAL_EXAMPLES_ARTIFACT}")
     return by_epoch[max(by_epoch)]
-
-
-def _thirds(path: Path) -> tuple[Image.Image, Image.Image, Image.Image]:
-    with Image.open(path) as image:
-        strip = image.convert("RGB")
-    side, height = strip.width // 3, strip.height
-    return (
-        strip.crop((0, 0, side, height)),
-        strip.crop((side, 0, 2 * side, height)),
-        strip.crop((2 * side, 0, 3 * side, height)),
-    )
 
 
 def _label_cell(lines: Sequence[str], width: int, font: ImageFont.ImageFont | ImageFont.FreeTypeFont) -> Image.Image:
@@ -258,7 +245,7 @@ def side_by_side(client: MlflowClient, runs: Sequence[Run], out_path: Path, samp
         common = sorted(set.intersection(*(set(s) for s in strips)))[:samples]
         if not common:
             raise ValueError("the runs share no example sample index; export examples of the same samples")
-        thirds = [[_thirds(s[index]) for index in common] for s in strips]
+        thirds = [[split_strip(s[index]) for index in common] for s in strips]
     cell_w, cell_h = thirds[0][0][0].size
     canvas = Image.new("RGB", ((len(runs) + 2) * cell_w, HEADER_HEIGHT + len(common) * cell_h), "white")
     font = ImageFont.load_default()
@@ -282,15 +269,15 @@ def side_by_side(client: MlflowClient, runs: Sequence[Run], out_path: Path, samp
 
 
 def compare_runs(
-    settings: Settings, project_dir: Path, out_dir: Path, run_ids: Sequence[str] = (), filter_string: str = ""
+    settings: Settings, tracker: Tracker, out_dir: Path, run_ids: Sequence[str] = (), filter_string: str = ""
 ) -> Leaderboard:
     """Pick the runs, write ``leaderboard.csv``, ``leaderboard.md`` and ``side_by_side.png`` into ``out_dir``
     (its run columns in leaderboard order, ``train.num_examples`` samples)."""
-    client, _ = connect(settings.tracking, project_dir)
-    runs = select_runs(client, settings.tracking.experiment, run_ids, filter_string)
+    client = tracker.client
+    runs = select_runs(client, tracker.experiment, run_ids, filter_string)
     board = leaderboard(runs)
     board.write(out_dir)
     by_id = {run.info.run_id: run for run in runs}
     ranked = [by_id[str(row["run_id"])] for row in board.rows]  # best first, as in the leaderboard
-    side_by_side(client, ranked, out_dir / "side_by_side.png", max(settings.train.num_examples, 1))
+    side_by_side(client, ranked, ComparePaths(out_dir).side_by_side, max(settings.train.num_examples, 1))
     return board

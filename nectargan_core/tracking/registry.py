@@ -1,7 +1,7 @@
 """The MLflow Model Registry: each run's final checkpoint becomes a version; versions load back.
 
 A checkpoint is not an MLflow model flavour, so versions are created explicitly from the run's
-``model/`` artifact folder, which holds the checkpoint file.
+``model/`` artifact folder (``MODEL_ARTIFACT``), which holds the checkpoint file.
 """
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
-from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 
+from nectargan_core.layout import checkpoint_epoch
 from nectargan_core.settings import Settings
-from nectargan_core.tracking.mlflow_run import file_md5, git_commit, params_hash
+from nectargan_core.tracking.provenance import file_md5, git_commit, params_hash
+from nectargan_core.tracking.tracker import CHECKPOINTS_ARTIFACT, MODEL_ARTIFACT, Tracker
 
-MODEL_ARTIFACT = "model"
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
 
@@ -39,10 +39,10 @@ class RegisteredCheckpoint:
 
 
 def register_checkpoint(
-    client: MlflowClient, run_id: str, checkpoint: Path, epoch: int, settings: Settings, project_dir: Path
+    tracker: Tracker, run_id: str, checkpoint: Path, epoch: int, settings: Settings, project_dir: Path
 ) -> str:
     """Log the checkpoint under ``model/``, add it as a new version with tags, move the alias to it."""
-    cfg = settings.tracking
+    cfg, client = settings.tracking, tracker.client
     client.log_artifact(run_id, str(checkpoint), MODEL_ARTIFACT)
     source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
     try:
@@ -63,14 +63,15 @@ def register_checkpoint(
     return str(version)
 
 
-def _available(client: MlflowClient, name: str) -> tuple[list[str], dict[str, str]]:
+def _available(client: mlflow.MlflowClient, name: str) -> tuple[list[str], dict[str, str]]:
     versions = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
     aliases = {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}
     return versions, aliases
 
 
-def resolve_model_version(client: MlflowClient, uri: str) -> tuple[str, str]:
+def resolve_model_version(tracker: Tracker, uri: str) -> tuple[str, str]:
     """``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` -> (name, version), resolved once (aliases move)."""
+    client = tracker.client
     match = _URI.match(uri)
     if not match:
         raise RegistryError(f"{uri}: expected models:/NAME@ALIAS or models:/NAME/VERSION")
@@ -99,23 +100,24 @@ def resolve_model_version(client: MlflowClient, uri: str) -> tuple[str, str]:
 
 
 def download_checkpoint(
-    client: MlflowClient, uri: str, destination: Path, epoch: int | str = "latest"
+    tracker: Tracker, uri: str, destination: Path, epoch: int | str = "latest"
 ) -> RegisteredCheckpoint:
     """Resolve ``uri`` to one version and download its checkpoint into ``destination``.
 
     ``epoch`` 'latest' takes the version's own (final) checkpoint; a number takes that epoch's
     checkpoint from the artifacts of the run that produced the version.
     """
-    name, version = resolve_model_version(client, uri)
+    client = tracker.client
+    name, version = resolve_model_version(tracker, uri)
     model_version = client.get_model_version(name, version)
     version_epoch = int(model_version.tags.get("epoch", "0"))
     if epoch == "latest" or int(epoch) == version_epoch:
         artifact, chosen = f"models:/{name}/{version}", version_epoch
     else:
         logged = {
-            int(m.group(1)): a.path
-            for a in client.list_artifacts(model_version.run_id, "checkpoints")
-            if (m := re.search(r"epoch_(\d+)\.pt$", a.path))
+            logged_epoch: a.path
+            for a in client.list_artifacts(model_version.run_id, CHECKPOINTS_ARTIFACT)
+            if (logged_epoch := checkpoint_epoch(Path(a.path).name)) is not None
         }
         if int(epoch) not in logged:
             shown = ", ".join(map(str, sorted({*logged, version_epoch})))

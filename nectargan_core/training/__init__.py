@@ -1,1 +1,1 @@
-"""The training engine: the optimisation step, the epoch loop, checkpoints, records and schedules."""
+"""The training engine: the optimisation step, the epoch loop, where a run starts, records and schedules."""

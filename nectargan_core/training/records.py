@@ -8,12 +8,16 @@ iteration); the epoch table has one row per epoch, which DVC can plot.
 from __future__ import annotations
 
 import csv
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from nectargan_core.losses.weights import LOSS_NAMES
+from nectargan_core.files import atomic_path
+from nectargan_core.settings import LOSS_NAMES
+
+if TYPE_CHECKING:
+    from nectargan_core.training.step import Losses
 
 LOSS_LOG_COLUMNS = ("epoch", "iteration", "loss", "value", "weight", "weighted")
 EPOCH_COLUMNS = (
@@ -53,10 +57,8 @@ def truncate_after(path: Path, epoch: int) -> None:
         return
     header = rows[0]
     kept = [header] + [row for row in rows[1:] if len(row) == len(header) and row[0].isdigit() and int(row[0]) <= epoch]
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w", newline="") as handle:
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         csv.writer(handle).writerows(kept)
-    os.replace(tmp, path)
 
 
 @dataclass
@@ -66,12 +68,11 @@ class LossLog:
     path: Path
     _pending: list[tuple[object, ...]] = field(default_factory=list)
 
-    def add_epoch(
-        self, epoch: int, names: Sequence[str], weights: Sequence[float], values: Sequence[Sequence[float]]
-    ) -> None:
-        """``values[i][j]`` is loss ``names[j]`` (unweighted) at iteration ``i + 1`` of ``epoch``."""
-        for iteration, row in enumerate(values, start=1):
-            for name, weight, value in zip(names, weights, row, strict=True):
+    def add_epoch(self, epoch: int, steps: Sequence[Losses], weights: Mapping[str, float]) -> None:
+        """``steps[i]`` are the (unweighted) losses of iteration ``i + 1``; D and G carry weight 1."""
+        for iteration, losses in enumerate(steps, start=1):
+            for name, value in losses.items():
+                weight = weights.get(name, 1.0)
                 self._pending.append((epoch, iteration, name, value, weight, value * weight))
 
     @property

@@ -1,4 +1,4 @@
-"""Learning-rate schedule of SPEC 2: constant, then linear towards the target."""
+"""Learning-rate schedule: constant, then linear towards the target (a warm-up when the target is higher)."""
 
 from __future__ import annotations
 

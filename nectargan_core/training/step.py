@@ -6,6 +6,9 @@ Kept apart from the epoch loop so that the benchmark times exactly what training
 from __future__ import annotations
 
 import contextlib
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -13,27 +16,39 @@ import torch
 from nectargan_core.losses.gan import discriminator_loss
 from nectargan_core.losses.objective import GeneratorObjective
 from nectargan_core.losses.perceptual import VGGPerceptualLoss, load_vgg19_features, vgg19_weights_file
-from nectargan_core.losses.weights import LOSS_NAMES, ever_active, loss_weights
+from nectargan_core.losses.weights import ever_active, loss_weights
 from nectargan_core.models import build_discriminator, build_generator
-from nectargan_core.settings import Settings, TrainSettings
+from nectargan_core.settings import LOSS_NAMES, Settings
 from nectargan_core.training.schedule import apply_learning_rate
 
 BETA2 = 0.999
 
 
-def resolve_device(cfg: TrainSettings) -> torch.device:
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+@dataclass(frozen=True)
+class Losses:
+    """D's loss, G's total and each active term of G (unweighted): of one step, or an epoch's mean."""
+
+    d: float
+    g: float
+    terms: dict[str, float]
+
+    def items(self) -> list[tuple[str, float]]:
+        """("D", d), ("G", g), then each term: the order of the loss log and the progress bar."""
+        return [("D", self.d), ("G", self.g), *self.terms.items()]
+
+    def first_non_finite(self) -> tuple[str, float] | None:
+        return next(((name, value) for name, value in self.items() if not math.isfinite(value)), None)
 
 
-def autocast_dtype(cfg: TrainSettings, device: torch.device) -> torch.dtype | None:
-    """bf16 autocast, or None for plain fp32 ('auto' = bf16 on CUDA only)."""
-    if cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda"):
-        return torch.bfloat16
-    return None
+@dataclass(frozen=True)
+class LossLayout:
+    """Where each loss sits in the vector a step returns (one device tensor, so one sync reads all)."""
+
+    terms: tuple[str, ...]
+
+    def unpack(self, values: Sequence[float]) -> Losses:
+        d, g, *rest = values
+        return Losses(d, g, dict(zip(self.terms, rest, strict=True)))
 
 
 def _build_vgg(settings: Settings) -> VGGPerceptualLoss | None:
@@ -68,13 +83,8 @@ class GANStep:
         self.objective = GeneratorObjective(cfg.loss, vgg.to(device) if vgg is not None else None)
         self.gan_mode = cfg.loss.gan_mode
         self.weights: dict[str, float] = {}
-        self.active: list[str] = []
+        self.layout = LossLayout(())
         self.set_epoch(1)
-
-    @property
-    def value_names(self) -> list[str]:
-        """Names of the values ``__call__`` returns, in order."""
-        return ["D", "G", *self.active]
 
     def set_epoch(self, epoch: int) -> tuple[float, float]:
         """Apply the LR schedules and loss weights of ``epoch``; returns (lr_g, lr_d)."""
@@ -82,7 +92,7 @@ class GANStep:
         lr_g = apply_learning_rate(self.opt_g, cfg.generator, epoch)
         lr_d = apply_learning_rate(self.opt_d, cfg.discriminator_schedule, epoch)
         self.weights = loss_weights(cfg.loss, epoch)
-        self.active = [name for name in LOSS_NAMES if self.weights[name] > 0]
+        self.layout = LossLayout(tuple(name for name in LOSS_NAMES if self.weights[name] > 0))
         return lr_g, lr_d
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -91,7 +101,7 @@ class GANStep:
         return torch.autocast(self.device.type, dtype=self.amp_dtype)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """One step; returns the detached losses (D, G total, active terms) on the device, unsynced."""
+        """One step; returns the detached losses on the device, unsynced, laid out as ``self.layout``."""
         with self.autocast():
             fake = self.generator(x)
 
@@ -109,7 +119,7 @@ class GANStep:
             total, terms = self.objective(fake, y, self.weights, logits)
         total.backward()
         self.opt_g.step()
-        return torch.stack([loss_d.detach(), total.detach(), *(terms[n].detach() for n in self.active)]).float()
+        return torch.stack([loss_d.detach(), total.detach(), *(terms[n].detach() for n in self.layout.terms)]).float()
 
     def state_dict(self) -> dict[str, Any]:
         return {

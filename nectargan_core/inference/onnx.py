@@ -18,8 +18,10 @@ from torch.export import Dim
 
 from nectargan_core.data.dataset import PairedImageDataset
 from nectargan_core.data.transforms import PairTransform
+from nectargan_core.files import write_json_atomic
+from nectargan_core.inference.generator import TrainedGenerator, load_generator
+from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings
-from nectargan_core.training.checkpoint import data_for_checkpoint, load_generator
 
 PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| on [-1, 1] outputs, fp32
 
@@ -36,10 +38,6 @@ class ExportResult:
         return all(value <= self.tolerance for value in self.max_abs_diff.values())
 
 
-def side_multiple(settings: Settings) -> int:
-    return 2 ** (settings.model.generator.n_downs + 2)
-
-
 def onnx_metadata(path: Path) -> dict[str, int]:
     """The metadata written at export (channels, crop size, side multiple)."""
     props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
@@ -50,15 +48,16 @@ def onnx_metadata(path: Path) -> dict[str, int]:
     return json.loads(props["nectargan"])
 
 
-def export_onnx(checkpoint: Path, out_path: Path, opset: int = 18) -> tuple[Path, Settings, int]:
+def export_onnx(checkpoint: Path, out_path: Path, opset: int = 18) -> tuple[Path, TrainedGenerator]:
     """Export the checkpoint's generator (eval mode) with dynamic batch, height and width."""
-    generator, trained, epoch = load_generator(checkpoint, torch.device("cpu"))
-    size = trained.data.crop_size
-    example = torch.zeros(1, trained.data.input_channels, size, size)
+    trained = load_generator(checkpoint, torch.device("cpu"))
+    data = trained.settings.data
+    size = data.crop_size
+    example = torch.zeros(1, data.input_channels, size, size)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
     torch.onnx.export(
-        generator,
+        trained.generator,
         (example,),
         str(out_path),
         input_names=["input"],
@@ -70,47 +69,54 @@ def export_onnx(checkpoint: Path, out_path: Path, opset: int = 18) -> tuple[Path
     )
     model = onnx.load(str(out_path))
     meta = {
-        "input_channels": trained.data.input_channels,
-        "output_channels": trained.data.output_channels,
+        "input_channels": data.input_channels,
+        "output_channels": data.output_channels,
         "crop_size": size,
-        "side_multiple": side_multiple(trained),
-        "epoch": epoch,
+        "side_multiple": trained.side_multiple,
+        "epoch": trained.epoch,
     }
     onnx.helper.set_model_props(model, {"nectargan": json.dumps(meta)})
     onnx.save(model, str(out_path))
-    return out_path, trained, epoch
+    return out_path, trained
 
 
 def parity_check(
     checkpoint: Path, onnx_path: Path, settings: Settings, tolerance: float = PARITY_TOLERANCE
 ) -> dict[str, float]:
     """Max |onnxruntime - torch| on random inputs (other batch and sizes) and on real validation images."""
-    generator, trained, _ = load_generator(checkpoint, torch.device("cpu"))
+    trained = load_generator(checkpoint, torch.device("cpu"))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    size, channels, multiple = trained.data.crop_size, trained.data.input_channels, side_multiple(trained)
+    trained_data, multiple = trained.settings.data, trained.side_multiple
+    size, channels = trained_data.crop_size, trained_data.input_channels
     torch.manual_seed(0)
     cases = {
         f"random 1x{size}x{size}": torch.rand(1, channels, size, size) * 2 - 1,
         f"random 3x{size + multiple}x{2 * size}": torch.rand(3, channels, size + multiple, 2 * size) * 2 - 1,
     }
-    data = data_for_checkpoint(settings.data, trained)
+    data = trained.data(settings.data)
     val = PairedImageDataset(data, "val", PairTransform(data, train=False))
     cases[f"validation x{min(4, len(val))}"] = torch.stack([val[i][0] for i in range(min(4, len(val)))])
     result = {}
     with torch.no_grad():
         for name, batch in cases.items():
-            expected = generator(batch).numpy()
+            expected = trained.generator(batch).numpy()
             got = session.run(None, {"input": batch.numpy()})[0]
             result[name] = float(np.abs(got - expected).max())
     return result
 
 
 def export_and_check(settings: Settings, checkpoint: Path, out_path: Path, opset: int = 18) -> ExportResult:
-    path, _, epoch = export_onnx(checkpoint, out_path, opset)
+    path, trained = export_onnx(checkpoint, out_path, opset)
     diffs = parity_check(checkpoint, path, settings)
-    result = ExportResult(path, epoch, diffs, PARITY_TOLERANCE)
-    report = {"onnx": str(path), "epoch": epoch, "opset": opset, "tolerance": PARITY_TOLERANCE, "max_abs_diff": diffs}
-    path.with_suffix(".parity.json").write_text(json.dumps(report, indent=2) + "\n")
+    result = ExportResult(path, trained.epoch, diffs, PARITY_TOLERANCE)
+    report = {
+        "onnx": str(path),
+        "epoch": trained.epoch,
+        "opset": opset,
+        "tolerance": PARITY_TOLERANCE,
+        "max_abs_diff": diffs,
+    }
+    write_json_atomic(parity_path(path), report)
     if not result.ok:
         raise RuntimeError(f"{path}: ONNX output differs from PyTorch beyond {PARITY_TOLERANCE}: {diffs}")
     return result

@@ -8,7 +8,6 @@ Two ways to meet the generator's size rules (documented in the README):
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,11 +19,9 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from nectargan_core.data.dataset import IMAGE_SUFFIXES
-from nectargan_core.export.onnx import onnx_metadata, side_multiple
-from nectargan_core.settings import Settings
-from nectargan_core.training.checkpoint import load_generator
-from nectargan_core.training.examples import to_uint8_rgb
+from nectargan_core.files import IMAGE_SUFFIXES, list_images, save_image_atomic, to_uint8_rgb
+from nectargan_core.inference.generator import load_generator
+from nectargan_core.inference.onnx import onnx_metadata
 
 Runner = Callable[[torch.Tensor], torch.Tensor]  # 1 x C x H x W in [-1, 1] -> 1 x C' x H x W
 
@@ -38,14 +35,14 @@ class ModelInfo:
 
 
 def _from_checkpoint(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:
-    generator, trained, _ = load_generator(path, device)
+    trained = load_generator(path, device)
 
     @torch.no_grad()
     def run(x: torch.Tensor) -> torch.Tensor:
-        return generator(x.to(device)).float().cpu()
+        return trained.generator(x.to(device)).float().cpu()
 
-    data = trained.data
-    return run, ModelInfo(data.input_channels, data.output_channels, data.crop_size, side_multiple(trained))
+    data = trained.settings.data
+    return run, ModelInfo(data.input_channels, data.output_channels, data.crop_size, trained.side_multiple)
 
 
 def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
@@ -61,22 +58,13 @@ def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
     return run, info
 
 
-def load_runner(source: str, settings: Settings, project_dir: Path, scratch: Path) -> tuple[Runner, ModelInfo]:
-    """``source``: a checkpoint file, ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``, or a ``.onnx`` file."""
-    from nectargan_core.training.step import resolve_device
-
-    if source.startswith("models:/"):
-        from nectargan_core.tracking.mlflow_run import connect
-        from nectargan_core.tracking.registry import download_checkpoint
-
-        client, _ = connect(settings.tracking, project_dir)
-        return _from_checkpoint(download_checkpoint(client, source, scratch).checkpoint, resolve_device(settings.train))
-    path = Path(source)
+def load_runner(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:
+    """``path``: a checkpoint file or a ``.onnx`` file (registered models are downloaded by the caller)."""
     if not path.is_file():
-        raise FileNotFoundError(f"{source}: no such checkpoint or ONNX file (or use models:/NAME@ALIAS)")
+        raise FileNotFoundError(f"{path}: no such checkpoint or ONNX file (or use models:/NAME@ALIAS)")
     if path.suffix == ".onnx":
         return _from_onnx(path)
-    return _from_checkpoint(path, resolve_device(settings.train))
+    return _from_checkpoint(path, device)
 
 
 def _to_input(image: Image.Image, channels: int) -> torch.Tensor:
@@ -98,27 +86,22 @@ def predict_image(image: Image.Image, run: Runner, info: ModelInfo, mode: Litera
 
 
 def predict_folder(
-    source: str,
+    model: Path,
     input_dir: Path,
     out_dir: Path,
-    settings: Settings,
-    project_dir: Path,
+    device: torch.device,
     mode: Literal["resize", "pad"] = "resize",
 ) -> list[Path]:
     """Generate one output PNG per input image (same stem) into ``out_dir``."""
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
-    files = sorted(p for p in input_dir.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files = list_images(input_dir)
     if not files:
         raise ValueError(f"{input_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to predict")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    run, info = load_runner(model, device)
     written = []
-    with tempfile.TemporaryDirectory() as scratch:
-        run, info = load_runner(source, settings, project_dir, Path(scratch))
-        for path in tqdm(files, desc="predict", unit="image", disable=None):
-            with Image.open(path) as image:
-                result = predict_image(image, run, info, mode)
-            target = out_dir / f"{path.stem}.png"
-            result.save(target)
-            written.append(target)
+    for path in tqdm(files, desc="predict", unit="image", disable=None):
+        with Image.open(path) as image:
+            result = predict_image(image, run, info, mode)
+        written.append(save_image_atomic(result, out_dir / f"{path.stem}.png"))
     return written

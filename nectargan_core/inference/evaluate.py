@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import json
 import math
 import os
 import shutil
@@ -11,19 +10,18 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from nectargan_core.data.dataset import PairedImageDataset, list_pairs
 from nectargan_core.data.transforms import PairTransform
+from nectargan_core.device import resolve_device
+from nectargan_core.files import atomic_path, compose_strip, save_image_atomic, write_json_atomic, write_text_atomic
+from nectargan_core.inference.generator import load_generator
+from nectargan_core.layout import EvaluationPaths
 from nectargan_core.losses.pixel import laplacian_loss, sobel_loss
 from nectargan_core.settings import Settings
-from nectargan_core.training.checkpoint import data_for_checkpoint, load_generator
-from nectargan_core.training.examples import to_uint8_rgb
-from nectargan_core.training.step import resolve_device
 
 METRICS = ("l1", "l2", "psnr", "ssim", "sobel", "laplacian")
 
@@ -106,8 +104,9 @@ def evaluate_checkpoint(
     """Write ``per_image.csv``, ``metrics.json`` (the means) and ``report.md`` with the best and worst
     ``samples`` images by L1 and by SSIM (strips in ``samples/``) into ``out_dir``."""
     device = resolve_device(settings.train)
-    generator, trained, epoch = load_generator(checkpoint, device)
-    data = data_for_checkpoint(settings.data, trained)
+    trained = load_generator(checkpoint, device)
+    generator, epoch = trained.generator, trained.epoch
+    data = trained.data(settings.data)
     split = evaluation_split(settings)
     dataset = PairedImageDataset(data, split, PairTransform(data, train=False))
 
@@ -150,20 +149,19 @@ def evaluate_checkpoint(
         else:
             notices.append(f"FID skipped: not finite with {len(rows)} images (use a larger split).")
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    table, metrics_file = out_dir / "per_image.csv", out_dir / "metrics.json"
-    with table.open("w", newline="") as handle:
+    paths = EvaluationPaths(out_dir)
+    with atomic_path(paths.table) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", *names])
         writer.writeheader()
         writer.writerows(rows)
-    metrics_file.write_text(json.dumps({"split": split, "images": len(rows), "epoch": epoch, **means}, indent=2) + "\n")
+    write_json_atomic(paths.metrics, {"split": split, "images": len(rows), "epoch": epoch, **means})
     samples = samples or cfg.samples
-    report = _write_report(out_dir, generator, dataset, rows, means, samples, split, epoch, notices)
-    return EvaluationResult(split, epoch, means, table, metrics_file, report, tuple(notices))
+    report = _write_report(paths, generator, dataset, rows, means, samples, split, epoch, notices)
+    return EvaluationResult(split, epoch, means, paths.table, paths.metrics, report, tuple(notices))
 
 
 def _write_report(
-    out_dir: Path,
+    paths: EvaluationPaths,
     generator: torch.nn.Module,
     dataset: PairedImageDataset,
     rows: list[dict[str, object]],
@@ -174,8 +172,7 @@ def _write_report(
     notices: list[str],
 ) -> Path:
     """Markdown: the metric table, then the best/worst samples by L1 and SSIM as strips."""
-    strips_dir = out_dir / "samples"
-    shutil.rmtree(strips_dir, ignore_errors=True)
+    shutil.rmtree(paths.samples, ignore_errors=True)
     device = next(generator.parameters()).device
     by_l1 = sorted(range(len(rows)), key=lambda i: float(rows[i]["l1"]))
     by_ssim = sorted(range(len(rows)), key=lambda i: -float(rows[i]["ssim"]))
@@ -202,15 +199,11 @@ def _write_report(
         for rank, index in enumerate(indices, start=1):
             x, y = dataset[index]
             fake = generator(x[None].to(device))[0]
-            strip = np.concatenate([to_uint8_rgb(x), to_uint8_rgb(fake), to_uint8_rgb(y)], axis=1)
             name = f"{group}_{rank:02d}_{Path(str(rows[index]['file'])).stem}.png"
-            strips_dir.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(strip).save(strips_dir / name)
+            save_image_atomic(compose_strip(x, fake, y), paths.samples / name)
             row = rows[index]
             lines.append(
                 f"{rank}. `{row['file']}`: L1 {float(row['l1']):.4f}, SSIM {float(row['ssim']):.4f}, "
-                f"PSNR {float(row['psnr']):.2f}  \n   ![{name}](samples/{name})"
+                f"PSNR {float(row['psnr']):.2f}  \n   ![{name}]({paths.samples.name}/{name})"
             )
-    report = out_dir / "report.md"
-    report.write_text("\n".join(lines) + "\n")
-    return report
+    return write_text_atomic(paths.report, "\n".join(lines) + "\n")

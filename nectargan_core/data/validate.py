@@ -1,4 +1,4 @@
-"""Dataset validation before any training (SPEC 3), with pandera.
+"""Dataset validation before any training, with pandera.
 
 A manifest holds one row per pair with the facts read from disk (size, mode, content hash,
 decode error); pandera checks every rule over every row lazily, so the report lists each
@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,11 +16,12 @@ import pandas as pd
 import pandera.pandas as pa
 from PIL import Image
 
-from nectargan_core.data.dataset import IMAGE_SUFFIXES, SPLITS, split_layout
+from nectargan_core.data.dataset import split_layout
+from nectargan_core.files import REQUIRED_SPLITS, SPLITS, atomic_path, list_images, write_json_atomic
+from nectargan_core.layout import ValidationPaths
 from nectargan_core.settings import DataSettings
 
 _CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "F": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 3, "YCbCr": 3}
-REQUIRED_SPLITS = ("train", "val")
 
 
 @dataclass(frozen=True)
@@ -59,13 +59,6 @@ def _read(path: Path) -> dict[str, object]:
     return facts
 
 
-def _images(folder: Path) -> list[Path]:
-    """The files the dataset would load (image suffixes, sorted); other files are not pairs."""
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-
-
 def build_manifest(data: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(one row per pair, one row per split with its pair count)."""
     root = Path(data.root)
@@ -77,11 +70,11 @@ def build_manifest(data: DataSettings) -> tuple[pd.DataFrame, pd.DataFrame]:
             continue
         layout = split_layout(split_dir, data.layout)
         if layout == "aligned":
-            for path in _images(split_dir):
+            for path in list_images(split_dir):
                 rows.append({"split": split, "layout": layout, "file": str(path), **_read(path), "partner": pd.NA})
         else:
             b_dir = split_dir / "B"
-            for path in _images(split_dir / "A"):
+            for path in list_images(split_dir / "A"):
                 partner = b_dir / path.name
                 row = {"split": split, "layout": layout, "file": str(path), **_read(path)}
                 if partner.is_file():
@@ -239,18 +232,12 @@ def validate_dataset(data: DataSettings, report_dir: Path) -> ValidationResult:
             )
 
     failures.sort(key=lambda f: (f["file"], f["rule"]))
-    report_dir.mkdir(parents=True, exist_ok=True)
-    report_csv, report_json = report_dir / "validation.csv", report_dir / "validation.json"
-    with report_csv.open("w", newline="") as handle:
+    report = ValidationPaths(report_dir)
+    with atomic_path(report.csv) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "split", "rule", "detail"])
         writer.writeheader()
         writer.writerows(failures)
     by_split = {row.split: int(row.pairs) for row in counts.itertuples()}
-    report_json.write_text(
-        json.dumps(
-            {"ok": not failures, "pairs": len(manifest), "problems": len(failures), "pairs_per_split": by_split},
-            indent=2,
-        )
-        + "\n"
-    )
-    return ValidationResult(not failures, len(manifest), failures, report_csv, report_json)
+    summary = {"ok": not failures, "pairs": len(manifest), "problems": len(failures), "pairs_per_split": by_split}
+    write_json_atomic(report.json, summary)
+    return ValidationResult(not failures, len(manifest), failures, report.csv, report.json)

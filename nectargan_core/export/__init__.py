@@ -1,1 +1,0 @@
-"""Exporting the generator for inference outside PyTorch."""

@@ -1,0 +1,114 @@
+"""File and image helpers every stage shares: atomic writes, image listing, example strips.
+
+An atomic write goes to a temp file in the target's folder and is renamed over it, so a reader
+(or a run killed mid-write) never sees half a file, and a failed write leaves no temp file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
+SPLITS = ("train", "val", "test")
+REQUIRED_SPLITS = ("train", "val")
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+@contextmanager
+def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
+    """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed.
+
+    ``durable`` fsyncs the file before the rename (checkpoints: survive a power cut, not just a kill).
+    The file gets the permissions of a plain new file (umask), not mkstemp's 0600.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(name)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
+    os.close(fd)
+    try:
+        yield tmp
+        if durable:
+            with tmp.open("rb+") as handle:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_atomic(path: Path, write: Callable[[Path], object], durable: bool = False) -> Path:
+    """``write(tmp)`` then rename over ``path``; returns ``path``."""
+    with atomic_path(path, durable) as tmp:
+        write(tmp)
+    return path
+
+
+def write_text_atomic(path: Path, text: str) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def write_json_atomic(path: Path, data: Any) -> Path:
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+
+
+def save_image_atomic(image: Image.Image | np.ndarray, path: Path) -> Path:
+    """A PNG (or the suffix's format) written atomically."""
+    pil = Image.fromarray(image) if isinstance(image, np.ndarray) else image
+    fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
+    return write_atomic(path, lambda tmp: pil.save(tmp, format=fmt))
+
+
+# ---------------------------------------------------------------- image files
+
+
+def is_image_file(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_images(folder: Path) -> list[Path]:
+    """Plain files with an image suffix, sorted by name: what the dataset loads. Missing folder = []."""
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+# ---------------------------------------------------------------- example strips
+
+
+def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
+    """C x H x W in [-1, 1] -> H x W x 3 uint8 (grey images are repeated to RGB)."""
+    image = image.detach().float().cpu().clamp(-1, 1)
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    return ((image + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+
+
+def compose_strip(x: torch.Tensor, generated: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    """One sample as input | generated | target, side by side."""
+    return np.concatenate([to_uint8_rgb(x), to_uint8_rgb(generated), to_uint8_rgb(y)], axis=1)
+
+
+def split_strip(path: Path) -> tuple[Image.Image, Image.Image, Image.Image]:
+    """The (input, generated, target) thirds of a strip file."""
+    with Image.open(path) as image:
+        strip = image.convert("RGB")
+    side, height = strip.width // 3, strip.height
+    return (
+        strip.crop((0, 0, side, height)),
+        strip.crop((side, 0, 2 * side, height)),
+        strip.crop((2 * side, 0, 3 * side, height)),
+    )

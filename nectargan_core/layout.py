@@ -1,0 +1,198 @@
+"""Where every file of a run and of the stages lives, and how its name is spelled: the one home.
+
+A training run (``train.output_dir``)::
+
+    checkpoints/epoch_NNNN.pt          full state, every ``checkpoint_every`` epochs and the last
+    examples/epoch_NNNN_sample_KK.png  input | generated | target per fixed validation sample
+    loss_log.csv                       per-iteration losses (appended every ``dump_frequency`` epochs)
+    epochs.csv                         one row per epoch (a DVC plot)
+    summary.json                       where things are, the final losses, the MLflow run id
+    previous/                          the earlier run, set aside by a fresh one
+    parent/                            a registered checkpoint downloaded to continue from
+
+The stages after training write into the folders of the ``outputs`` settings group; dvc.yaml
+names the same paths through ``${...}`` interpolation (a test checks that they agree).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from nectargan_core.settings import Settings
+
+CHECKPOINT_PATTERN = "epoch_NNNN.pt"
+STRIP_PATTERN = "epoch_NNNN_sample_KK.png"
+_CHECKPOINT = re.compile(r"^epoch_(\d{4,})\.pt$")
+_STRIP = re.compile(r"^epoch_(\d{4,})_sample_(\d+)\.png$")
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"epoch_{epoch:04d}.pt"
+
+
+def checkpoint_epoch(name: str) -> int | None:
+    """The epoch of a checkpoint file name, or None when the name is not one."""
+    match = _CHECKPOINT.match(name)
+    return int(match[1]) if match else None
+
+
+def strip_name(epoch: int, sample: int) -> str:
+    return f"epoch_{epoch:04d}_sample_{sample:02d}.png"
+
+
+def strip_key(name: str) -> tuple[int, int] | None:
+    """(epoch, sample) of an example strip file name, or None when the name is not one."""
+    match = _STRIP.match(name)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """The files of one training run under ``root`` (``train.output_dir``)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, settings: Settings) -> RunPaths:
+        return cls(Path(settings.train.output_dir))
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoints"
+
+    @property
+    def examples(self) -> Path:
+        return self.root / "examples"
+
+    @property
+    def loss_log(self) -> Path:
+        return self.root / "loss_log.csv"
+
+    @property
+    def epochs(self) -> Path:
+        return self.root / "epochs.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def previous(self) -> Path:
+        return self.root / "previous"
+
+    @property
+    def parent(self) -> Path:
+        return self.root / "parent"
+
+    @property
+    def records(self) -> tuple[Path, ...]:
+        """What a fresh run sets aside in ``previous/``."""
+        return (self.checkpoints, self.examples, self.loss_log, self.epochs, self.summary)
+
+
+@dataclass(frozen=True)
+class ValidationPaths:
+    root: Path
+
+    @property
+    def csv(self) -> Path:
+        return self.root / "validation.csv"
+
+    @property
+    def json(self) -> Path:
+        return self.root / "validation.json"
+
+
+@dataclass(frozen=True)
+class EvaluationPaths:
+    root: Path
+
+    @property
+    def table(self) -> Path:
+        return self.root / "per_image.csv"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def samples(self) -> Path:
+        """Best/worst strips; ``report.md`` links them by this folder's name."""
+        return self.root / "samples"
+
+
+ONNX_NAME = "generator.onnx"
+
+
+def onnx_path(settings: Settings) -> Path:
+    return Path(settings.outputs.export) / ONNX_NAME
+
+
+def parity_path(onnx_file: Path) -> Path:
+    """The parity report beside an ONNX file: ``generator.onnx`` -> ``generator.parity.json``."""
+    return onnx_file.with_suffix(".parity.json")
+
+
+@dataclass(frozen=True)
+class ReviewPaths:
+    root: Path
+
+    @property
+    def montage(self) -> Path:
+        return self.root / "montage.png"
+
+    @property
+    def losses(self) -> Path:
+        return self.root / "losses.png"
+
+    @property
+    def loss_terms(self) -> Path:
+        return self.root / "loss_terms.png"
+
+    @property
+    def learning_rates(self) -> Path:
+        return self.root / "learning_rates.png"
+
+
+@dataclass(frozen=True)
+class ComparePaths:
+    root: Path
+
+    @property
+    def leaderboard_csv(self) -> Path:
+        return self.root / "leaderboard.csv"
+
+    @property
+    def leaderboard_md(self) -> Path:
+        return self.root / "leaderboard.md"
+
+    @property
+    def side_by_side(self) -> Path:
+        return self.root / "side_by_side.png"
+
+
+def where_things_are(settings: Settings) -> list[tuple[str, str]]:
+    """(what, where) for every output of the pipeline, as these settings place them."""
+    run = RunPaths.of(settings)
+    outputs = settings.outputs
+    evaluation, review = EvaluationPaths(Path(outputs.eval)), ReviewPaths(Path(outputs.review))
+    validation, onnx_file = ValidationPaths(Path(outputs.validation)), onnx_path(settings)
+    return [
+        ("sample data", f"{settings.sample.out}/{{train,val,test}} (A label map | B facade per file)"),
+        ("validation report", f"{validation.csv} (empty when every rule passed)"),
+        ("checkpoints", str(run.checkpoints / CHECKPOINT_PATTERN)),
+        ("example strips", f"{run.examples}/ (per epoch), {outputs.examples}/ (final)"),
+        ("losses", f"{run.epochs}, {run.loss_log} (dvc plots show)"),
+        ("evaluation", f"{evaluation.report}, {evaluation.table.name}, {evaluation.metrics.name} (dvc metrics show)"),
+        ("ONNX generator", f"{onnx_file} (parity: {parity_path(onnx_file).name})"),
+        (
+            "review images",
+            f"{review.montage}, {review.losses.name}, {review.loss_terms.name}, {review.learning_rates.name}",
+        ),
+    ]

@@ -1,1 +1,0 @@
-"""Pipeline stages: each takes paths and typed settings and returns paths and small results."""

@@ -1,0 +1,199 @@
+"""The pipeline's stages, as DVC stages (through the CLI), Prefect tasks and the CLI all call them.
+
+Each takes typed settings, the process's ``Tracker`` and paths, and returns paths and small
+results. Training opens an MLflow run, records every setting, per-epoch metrics, example strips
+and checkpoints, and registers the final checkpoint; the later stages log into the same run,
+whose id they read from the training summary. Output folders default to the settings' layout.
+
+Each stage imports the engine it runs inside its function, so that a DVC stage loads (and
+depends on) only its own code: a change to evaluation never makes training stale.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from nectargan_core.checkpoint import find_checkpoint
+from nectargan_core.files import write_json_atomic
+from nectargan_core.layout import EvaluationPaths, RunPaths, onnx_path
+from nectargan_core.settings import Settings, with_changes
+
+if TYPE_CHECKING:
+    from nectargan_core.data.validate import ValidationResult
+    from nectargan_core.inference.evaluate import EvaluationResult
+    from nectargan_core.inference.onnx import ExportResult
+    from nectargan_core.tracking.registry import RegisteredCheckpoint
+    from nectargan_core.tracking.tracker import Tracker
+    from nectargan_core.training.callbacks import TrainingCallback
+
+
+class DatasetInvalid(ValueError):
+    """Validation found problems; training must not start."""
+
+    def __init__(self, result: ValidationResult) -> None:
+        self.result = result
+        super().__init__(f"{result.table()}\nFull report: {result.report_csv}")
+
+
+@dataclass(frozen=True)
+class TrainStageResult:
+    run_id: str
+    checkpoint: Path | None
+    last_epoch: int
+    model_version: str | None
+    summary: Path
+
+
+def validate_stage(settings: Settings, report_dir: Path | None = None) -> ValidationResult:
+    """Validate the dataset; raise ``DatasetInvalid`` (after writing the report) when a rule fails."""
+    from nectargan_core.data.validate import validate_dataset
+
+    result = validate_dataset(settings.data, report_dir or Path(settings.outputs.validation))
+    if not result.ok:
+        raise DatasetInvalid(result)
+    return result
+
+
+def _update_summary(path: Path, extra: dict[str, object]) -> None:
+    summary = json.loads(path.read_text()) if path.exists() else {}
+    write_json_atomic(path, {**summary, **extra})
+
+
+def fetch_parent(settings: Settings, tracker: Tracker) -> RegisteredCheckpoint | None:
+    """When continuing from ``models:/...``: resolve the alias to a version once and download its checkpoint."""
+    from nectargan_core.tracking.registry import download_checkpoint
+
+    source = settings.train.continue_from
+    if not (settings.train.continue_train and source and source.startswith("models:/")):
+        return None
+    destination = RunPaths.of(settings).parent
+    shutil.rmtree(destination, ignore_errors=True)
+    return download_checkpoint(tracker, source, destination, settings.train.load_epoch)
+
+
+def train_stage(
+    settings: Settings,
+    tracker: Tracker,
+    project_dir: Path,
+    callbacks: Sequence[TrainingCallback] = (),
+    tags: dict[str, str] | None = None,
+    parent: RegisteredCheckpoint | None = None,
+) -> TrainStageResult:
+    """Train in a new MLflow run and register the final checkpoint.
+
+    ``train.continue_from`` may name a registered model (``models:/NAME@ALIAS`` or
+    ``models:/NAME/VERSION``): it is fetched here unless the caller passes it as ``parent``
+    (the Prefect flow fetches in a task of its own, with retries). The run records the URI as
+    configured and is tagged with the parent version and run.
+    """
+    from nectargan_core.tracking.callback import MLflowCallback
+    from nectargan_core.tracking.provenance import run_tags
+    from nectargan_core.tracking.registry import register_checkpoint
+    from nectargan_core.training.trainer import train
+
+    paths = RunPaths.of(settings)
+    parent = parent or fetch_parent(settings, tracker)
+    run_settings, all_tags = settings, run_tags(settings, project_dir, tags)
+    if parent is not None:
+        run_settings = with_changes(settings, {"train.continue_from": str(parent.checkpoint)})
+        all_tags |= {"parent_model": parent.uri, "parent_model_version": parent.version, "parent_run_id": parent.run_id}
+
+    with tracker.start_run(all_tags, settings.tracking.system_metrics) as run_id:
+        tracker.log_settings(run_id, settings)
+        recorder = MLflowCallback(tracker, run_id, settings.tracking.log_checkpoints)
+        result = train(run_settings, [*callbacks, recorder])
+        version = None
+        if result.checkpoint is not None and result.last_epoch >= result.start_epoch:
+            version = register_checkpoint(tracker, run_id, result.checkpoint, result.last_epoch, settings, project_dir)
+        _update_summary(
+            paths.summary,
+            {
+                "mlflow_run_id": run_id,
+                "tracking_uri": tracker.uri,
+                "registered_model": settings.tracking.registered_model,
+                "model_version": version,
+                **{k: v for k, v in all_tags.items() if k.startswith("parent_")},
+            },
+        )
+    return TrainStageResult(run_id, result.checkpoint, result.last_epoch, version, paths.summary)
+
+
+def _training_run_id(settings: Settings) -> str:
+    summary = RunPaths.of(settings).summary
+    if not summary.exists():
+        raise FileNotFoundError(f"{summary}: no training summary; run the train stage first")
+    run_id = json.loads(summary.read_text()).get("mlflow_run_id")
+    if not run_id:
+        raise ValueError(f"{summary}: has no mlflow_run_id; train with `nectargan train` (the tracked stage)")
+    return run_id
+
+
+def _final_checkpoint(settings: Settings) -> Path:
+    return find_checkpoint(RunPaths.of(settings).checkpoints, "latest")
+
+
+def examples_stage(settings: Settings, tracker: Tracker, out_dir: Path | None = None) -> list[Path]:
+    """Strips of the final checkpoint for the fixed validation samples, logged to the training run."""
+    from nectargan_core.inference.examples import export_examples
+
+    run_id = _training_run_id(settings)
+    out_dir = out_dir or Path(settings.outputs.examples)
+    paths = export_examples(settings, _final_checkpoint(settings), out_dir, max(settings.train.num_examples, 1))
+    tracker.log_final_examples(run_id, paths)
+    return paths
+
+
+def evaluate_stage(
+    settings: Settings, tracker: Tracker, out_dir: Path | None = None, samples: int | None = None
+) -> EvaluationResult:
+    """Metrics of the final checkpoint on the test split, as DVC metrics and in the training run, and a
+    report with the best and worst samples."""
+    from nectargan_core.inference.evaluate import evaluate_checkpoint
+
+    run_id = _training_run_id(settings)
+    out_dir = out_dir or Path(settings.outputs.eval)
+    result = evaluate_checkpoint(settings, _final_checkpoint(settings), out_dir, samples=samples)
+    tracker.log_evaluation(run_id, result, EvaluationPaths(out_dir).samples)
+    return result
+
+
+def export_stage(settings: Settings, tracker: Tracker, out_path: Path | None = None, opset: int = 18) -> ExportResult:
+    """The final checkpoint's generator as ONNX, checked against PyTorch, logged to the training run."""
+    from nectargan_core.inference.onnx import export_and_check
+
+    run_id = _training_run_id(settings)
+    result = export_and_check(settings, _final_checkpoint(settings), out_path or onnx_path(settings), opset)
+    tracker.log_onnx(run_id, result)
+    return result
+
+
+def predict_stage(
+    settings: Settings,
+    source: str,
+    input_dir: Path,
+    out_dir: Path | None = None,
+    mode: Literal["resize", "pad"] = "resize",
+    tracker: Tracker | None = None,
+) -> list[Path]:
+    """Run a checkpoint file, an ONNX file or a registered model (``models:/...``, needs ``tracker``)
+    over a folder of images."""
+    import tempfile
+
+    from nectargan_core.device import resolve_device
+    from nectargan_core.inference.predict import predict_folder
+    from nectargan_core.tracking.registry import download_checkpoint
+
+    out_dir = out_dir or Path(settings.outputs.predict)
+    with tempfile.TemporaryDirectory(prefix="nectargan-predict-") as scratch:
+        if source.startswith("models:/"):
+            if tracker is None:
+                raise ValueError(f"{source}: a registered model needs the tracking store (pass a Tracker)")
+            model = download_checkpoint(tracker, source, Path(scratch)).checkpoint
+        else:
+            model = Path(source)
+        return predict_folder(model, input_dir, out_dir, resolve_device(settings.train), mode)

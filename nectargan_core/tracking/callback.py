@@ -1,0 +1,49 @@
+"""The trainer's MLflow hook: per-epoch metrics, example strips as step images, checkpoints as artifacts."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from mlflow.entities import Metric
+from PIL import Image
+
+from nectargan_core.tracking.tracker import CHECKPOINTS_ARTIFACT, Tracker, example_image_key
+from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
+
+
+class MLflowCallback(TrainingCallback):
+    """Per epoch (step = epoch): each loss unweighted and weighted, each weight, LRs, time, images/s;
+    example strips as step images; checkpoints as artifacts."""
+
+    def __init__(self, tracker: Tracker, run_id: str, log_checkpoints: bool) -> None:
+        self.client = tracker.client
+        self.run_id = run_id
+        self.log_checkpoints = log_checkpoints
+
+    def on_epoch_end(self, summary: EpochSummary) -> None:
+        values = {
+            "loss/d": summary.loss_d,
+            "loss/g": summary.loss_g,
+            "lr/g": summary.lr_g,
+            "lr/d": summary.lr_d,
+            "epoch_seconds": summary.seconds,
+            "images_per_s": summary.images_per_s,
+        }
+        for name, weight in summary.weights.items():
+            values[f"weight/{name}"] = weight
+        for name, value in summary.losses.items():
+            values[f"loss/{name}"] = value
+            values[f"loss/{name}_weighted"] = value * summary.weights[name]
+        now = int(time.time() * 1000)
+        metrics = [Metric(key, float(value), now, summary.epoch) for key, value in values.items()]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+    def on_examples(self, epoch: int, paths: list[Path]) -> None:
+        for index, path in enumerate(paths):
+            with Image.open(path) as image:
+                self.client.log_image(self.run_id, image.copy(), key=example_image_key(index), step=epoch)
+
+    def on_checkpoint(self, epoch: int, path: Path) -> None:
+        if self.log_checkpoints:
+            self.client.log_artifact(self.run_id, str(path), CHECKPOINTS_ARTIFACT)

@@ -1,0 +1,129 @@
+"""MLflow tracking: one ``Tracker`` per process, opened at the face (a CLI command or the flow) and
+passed down, so the store is connected once and every artifact and metric name is spelled here.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import mlflow
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param
+
+from nectargan_core.layout import parity_path
+from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted
+
+if TYPE_CHECKING:
+    from nectargan_core.inference.evaluate import EvaluationResult
+    from nectargan_core.inference.onnx import ExportResult
+
+# Artifact folders of a training run (and the registered model's source).
+MODEL_ARTIFACT = "model"
+CHECKPOINTS_ARTIFACT = "checkpoints"
+FINAL_EXAMPLES_ARTIFACT = "examples/final"
+EVALUATION_ARTIFACT = "evaluation"
+ONNX_ARTIFACT = "onnx"
+EVAL_METRIC_PREFIX = "eval/"
+
+
+def example_image_key(sample: int) -> str:
+    """MLflow image key of one fixed example sample (its step is the epoch)."""
+    return f"examples/sample_{sample:02d}"
+
+
+class TrackingUnavailable(RuntimeError):
+    """The configured tracking server does not answer."""
+
+
+def tracking_uri(cfg: TrackingSettings, project_dir: Path) -> str:
+    """The configured URI, or the embedded default: an SQLite file in the project, by absolute path."""
+    return cfg.uri or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
+
+
+def _artifact_location(uri: str) -> str | None:
+    """Beside an SQLite store: its folder's mlruns/ (MLflow's default would follow the working directory)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
+    return None  # a server decides
+
+
+def settings_params(settings: Settings) -> dict[str, str]:
+    """Every setting under its dotted params.yaml name, as MLflow param strings."""
+    flat = flatten_dotted(settings.model_dump(mode="json"))
+    return {key: value if isinstance(value, str) else json.dumps(value) for key, value in flat.items()}
+
+
+@dataclass(frozen=True)
+class Tracker:
+    """A connected MLflow store and the experiment that holds the runs."""
+
+    client: MlflowClient
+    uri: str
+    experiment: str
+    experiment_id: str
+
+    @classmethod
+    def connect(cls, cfg: TrackingSettings, project_dir: Path) -> Tracker:
+        """Point MLflow at the store (failing fast when a server is down); creates the experiment if needed."""
+        uri = tracking_uri(cfg, project_dir)
+        if uri.startswith(("http://", "https://")):
+            try:
+                with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
+                    pass
+            except (urllib.error.URLError, OSError) as exc:
+                raise TrackingUnavailable(
+                    f"tracking.uri {uri}: no MLflow server answers ({exc}). Start it (mlflow server --host "
+                    "127.0.0.1 --port 5000 ...) or set tracking.uri: null to use the local SQLite store."
+                ) from None
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_registry_uri(uri)
+        client = MlflowClient(uri, uri)
+        found = client.get_experiment_by_name(cfg.experiment)
+        if found is not None:
+            experiment_id = found.experiment_id
+        else:
+            experiment_id = client.create_experiment(cfg.experiment, artifact_location=_artifact_location(uri))
+        return cls(client, uri, cfg.experiment, experiment_id)
+
+    # ------------------------------------------------------------ training runs
+
+    @contextmanager
+    def start_run(self, tags: dict[str, str], system_metrics: bool) -> Iterator[str]:
+        """A new run of the experiment (FAILED when the block raises); yields its id."""
+        with mlflow.start_run(experiment_id=self.experiment_id, tags=tags, log_system_metrics=system_metrics) as run:
+            yield run.info.run_id
+
+    def log_settings(self, run_id: str, settings: Settings) -> None:
+        params = [Param(key, value) for key, value in settings_params(settings).items()]
+        for start in range(0, len(params), 100):  # MLflow's batch limit
+            self.client.log_batch(run_id, params=params[start : start + 100])
+
+    # ------------------------------------------------------------ the stages after training
+
+    def log_final_examples(self, run_id: str, paths: list[Path]) -> None:
+        for path in paths:
+            self.client.log_artifact(run_id, str(path), FINAL_EXAMPLES_ARTIFACT)
+
+    def log_evaluation(self, run_id: str, result: EvaluationResult, samples: Path) -> None:
+        """The means as ``eval/*`` metrics (step = the evaluated epoch), the table, report and strips."""
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(f"{EVAL_METRIC_PREFIX}{name}", value, now, result.epoch) for name, value in result.metrics.items()
+        ]
+        self.client.log_batch(run_id, metrics=metrics)
+        for path in (result.table, result.metrics_file, result.report):
+            self.client.log_artifact(run_id, str(path), EVALUATION_ARTIFACT)
+        if samples.is_dir():  # the report links the strips by this folder's name
+            self.client.log_artifacts(run_id, str(samples), f"{EVALUATION_ARTIFACT}/{samples.name}")
+
+    def log_onnx(self, run_id: str, result: ExportResult) -> None:
+        self.client.log_artifact(run_id, str(result.path), ONNX_ARTIFACT)
+        self.client.log_artifact(run_id, str(parity_path(result.path)), ONNX_ARTIFACT)

@@ -1,0 +1,144 @@
+"""Where a training run starts: fresh (setting an earlier run aside) or continued from a checkpoint.
+
+Continuing restores the full state and goes on at the next epoch; a changed architecture is
+refused, other changed settings are listed. A fresh run never builds on persisted outputs: it
+moves them to ``previous/``, so a forgotten ``continue_train`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from nectargan_core.checkpoint import CheckpointError, find_checkpoint, list_checkpoints, load_checkpoint
+from nectargan_core.layout import RunPaths, strip_key
+from nectargan_core.settings import Settings, flatten_dotted
+from nectargan_core.training.records import truncate_after
+
+log = logging.getLogger(__name__)
+
+
+def architecture(settings: Settings) -> dict[str, Any]:
+    """The settings a checkpoint's tensors depend on; continuing with others is refused."""
+    return {
+        "model": settings.model.model_dump(mode="json"),
+        "data.input_channels": settings.data.input_channels,
+        "data.output_channels": settings.data.output_channels,
+        "data.crop_size": settings.data.crop_size,
+    }
+
+
+def architecture_mismatch(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """'key: checkpoint X, settings Y' for every architecture key that differs."""
+    old, new = flatten_dotted(saved), flatten_dotted(current)
+    return [
+        f"{key}: checkpoint {old.get(key)!r}, settings {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    ]
+
+
+def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
+    """Settings (other than the continue keys themselves) that differ from the checkpoint's run."""
+    ignore = ("train.continue_train", "train.load_epoch", "train.continue_from")
+    old, new = flatten_dotted(saved), flatten_dotted(current)
+    return [
+        f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+        for key in sorted(set(old) | set(new))
+        if key not in ignore and old.get(key) != new.get(key)
+    ]
+
+
+@dataclass(frozen=True)
+class StartPoint:
+    """The first epoch to train, and the state and checkpoint it continues from (None when fresh)."""
+
+    epoch: int
+    state: dict[str, Any] | None = None
+    checkpoint: Path | None = None
+    changed: list[str] = field(default_factory=list)
+
+
+def _load_resume_state(settings: Settings, paths: RunPaths) -> tuple[dict[str, Any], Path]:
+    cfg = settings.train
+    source = cfg.continue_from or str(paths.checkpoints)
+    if source.startswith("models:/"):
+        raise CheckpointError(
+            f"train.continue_from={source}: registered models are resolved by the pipeline (MLflow registry); "
+            "the training engine takes a local checkpoint path"
+        )
+    path = find_checkpoint(Path(source), cfg.load_epoch)
+    state = load_checkpoint(path)
+    mismatch = architecture_mismatch(state["architecture"], architecture(settings))
+    if mismatch:
+        raise CheckpointError(
+            f"{path} was trained with another architecture, so it cannot continue:\n  "
+            + "\n  ".join(mismatch)
+            + "\nRestore these settings, or start a fresh run with train.continue_train: false."
+        )
+    return state, path
+
+
+def set_aside_previous_run(paths: RunPaths) -> Path | None:
+    """Move an earlier run's outputs to ``output_dir/previous/`` (replacing an older one there)."""
+    present = [p for p in paths.records if p.exists()]
+    if not present:
+        return None
+    shutil.rmtree(paths.previous, ignore_errors=True)
+    paths.previous.mkdir(parents=True)
+    for path in present:
+        os.replace(path, paths.previous / path.name)
+    return paths.previous
+
+
+def drop_epochs_after(paths: RunPaths, epoch: int) -> None:
+    """Continuing this run from an earlier epoch: the later records belong to the branch it replaces."""
+    for number, path in list_checkpoints(paths.checkpoints).items():
+        if number > epoch:
+            path.unlink()
+    if paths.examples.is_dir():
+        for path in paths.examples.iterdir():
+            key = strip_key(path.name)
+            if key is not None and key[0] > epoch:
+                path.unlink()
+    truncate_after(paths.loss_log, epoch)
+    truncate_after(paths.epochs, epoch)
+
+
+def start_point(settings: Settings, paths: RunPaths) -> StartPoint:
+    """Decide where training starts and make the output folder agree with it.
+
+    Continuing in the run's own folder drops the records of later epochs; anything else (a fresh
+    run, or continuing from a checkpoint elsewhere) sets the folder's earlier run aside.
+    """
+    start = StartPoint(1)
+    if settings.train.continue_train:
+        state, path = _load_resume_state(settings, paths)
+        start = StartPoint(
+            int(state["epoch"]) + 1, state, path, changed_settings(state["settings"], settings.model_dump(mode="json"))
+        )
+        if start.epoch > settings.train.total_epochs:
+            raise CheckpointError(
+                f"{path} is at epoch {state['epoch']} and the configured total is {settings.train.total_epochs} "
+                "(train.generator.epochs + epochs_decay): raise the total to train on"
+            )
+    if start.checkpoint is not None and start.checkpoint.parent.resolve() == paths.checkpoints.resolve():
+        drop_epochs_after(paths, start.epoch - 1)
+        return start
+    if start.checkpoint is not None and paths.previous.resolve() in start.checkpoint.resolve().parents:
+        raise CheckpointError(
+            f"{start.checkpoint} lies in {paths.previous}, which this run would replace; copy it out of "
+            f"{paths.root} first, or continue in another train.output_dir"
+        )
+    if (previous := set_aside_previous_run(paths)) is not None:
+        log.warning(
+            "moved the earlier run's outputs in %s to %s (a fresh run never builds on them; set "
+            "train.continue_train: true to continue a run)",
+            paths.root,
+            previous,
+        )
+    return start
