@@ -1,26 +1,31 @@
-"""The checkpoint file: written atomically, read with ``weights_only=True``, listed and pruned by epoch.
+"""Checkpoint files: written atomically, read with ``weights_only=True``, found by epoch, pruned.
 
-A checkpoint holds G, D, both optimisers, the epoch, the seed and every setting. RNG states
-are not stored: every epoch reseeds from (seed, epoch), so the state at an epoch boundary is a
-function of what is stored. Mixed precision is bf16, which needs no grad scaler. Training
-writes them; training (to continue) and inference (to generate) read them.
+Two kinds (``contents``): the full state (G, D, both optimisers, the epoch, the seed and every
+setting; what training continues from, exactly) and snapshots that hold network weights only
+(the generator, or both networks), optionally in a lower precision. RNG states are not stored:
+every epoch reseeds from (seed, epoch), so the state at an epoch boundary is a function of what
+is stored. Mixed precision is bf16, which needs no grad scaler.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from nectargan_core.files import write_atomic
-from nectargan_core.layout import CHECKPOINT_PATTERN, checkpoint_epoch
+from nectargan_core.layout import CHECKPOINT_PATTERN, RunPaths, checkpoint_epoch
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1 files are full states (there were no snapshots)
+Contents = Literal["full", "networks", "generator"]
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+_META = ("epoch", "seed", "settings", "architecture")
 
 
 class CheckpointError(ValueError):
-    """A checkpoint that cannot be used: missing, unreadable, or of another architecture."""
+    """A checkpoint that cannot be used: missing, unreadable, of another architecture, or the wrong kind."""
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
@@ -28,49 +33,91 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     return write_atomic(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp), durable=True)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load safely (tensors and plain containers only) and check the format version."""
+def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
+    """Load safely (tensors and plain containers only) and check the format version.
+
+    ``mmap`` maps the file instead of reading it: cheap when only the small entries are wanted.
+    """
     if not path.is_file():
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
         raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from None
     version = state.get("format_version") if isinstance(state, dict) else None
-    if version != FORMAT_VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version!r}, this version reads {FORMAT_VERSION}")
+    if version not in READABLE_VERSIONS:
+        raise CheckpointError(f"{path}: checkpoint format {version!r}, this version reads {READABLE_VERSIONS}")
     return state
 
 
+def contents(state: dict[str, Any]) -> Contents:
+    return state.get("contents", "full")
+
+
+def snapshot_of(state: dict[str, Any], kind: Contents, precision: str = "fp32") -> dict[str, Any]:
+    """What a snapshot of ``kind`` keeps of a full state, network weights cast to ``precision``."""
+    if kind == "full":
+        return {**state, "contents": "full"}
+    dtype = _DTYPES[precision]
+    networks = ("generator",) if kind == "generator" else ("generator", "discriminator")
+    weights = {
+        net: {key: value.to(dtype) if value.is_floating_point() else value for key, value in state[net].items()}
+        for net in networks
+    }
+    return {**{key: state[key] for key in _META}, "contents": kind, "precision": precision, **weights}
+
+
+def require_full_state(path: Path, state: dict[str, Any]) -> None:
+    """Continuing needs the optimisers; say what the file holds and what to use instead."""
+    if contents(state) == "full":
+        return
+    raise CheckpointError(
+        f"{path} is a snapshot holding {contents(state)} weights of epoch {state['epoch']}, without the "
+        "optimiser state that continuing needs. Continue from the run's checkpoints/latest.pt "
+        "(train.load_epoch: latest), start a new run from these weights with train.warm_start, or keep "
+        "full snapshots with train.snapshot: full."
+    )
+
+
 def list_checkpoints(folder: Path) -> dict[int, Path]:
-    """Epoch -> checkpoint file in ``folder``, oldest first."""
+    """Epoch -> checkpoint file (epoch_NNNN.pt) in ``folder``, oldest first."""
     if not folder.is_dir():
         return {}
     found = {epoch: p for p in folder.iterdir() if (epoch := checkpoint_epoch(p.name)) is not None}
     return dict(sorted(found.items()))
 
 
+def checkpoint_epoch_of(path: Path) -> int:
+    return int(load_checkpoint(path, mmap=True)["epoch"])
+
+
 def find_checkpoint(source: Path, epoch: int | str) -> Path:
-    """A checkpoint file given directly, or the one for ``epoch`` ('latest' = newest) in a folder."""
+    """A checkpoint file given directly; or, in a run folder (or its checkpoints/ folder), the full
+    state ``latest.pt`` for 'latest' or its own epoch, else the snapshot of ``epoch``."""
     if source.is_file():
         return source
-    available = list_checkpoints(source)
-    if not available:
+    run = RunPaths(source.parent if source.name == RunPaths(source).checkpoints.name else source)
+    latest = run.latest if run.latest.is_file() else None
+    snapshots = list_checkpoints(run.snapshots)
+    if latest is None and not snapshots:
         raise CheckpointError(
-            f"{source}: no checkpoints ({CHECKPOINT_PATTERN}) to continue from; train first or point "
-            "train.continue_from at a checkpoint"
+            f"{source}: no checkpoints (checkpoints/{run.latest.name} or snapshots/{CHECKPOINT_PATTERN}); "
+            "train first or point train.continue_from at a checkpoint file or a run folder"
         )
     if epoch == "latest":
-        return available[max(available)]
-    if epoch not in available:
+        return latest or snapshots[max(snapshots)]
+    if latest is not None and checkpoint_epoch_of(latest) == epoch:
+        return latest
+    if epoch not in snapshots:
+        available = sorted({*snapshots, *([checkpoint_epoch_of(latest)] if latest else [])})
         raise CheckpointError(
             f"{source}: no checkpoint for epoch {epoch}; available epochs: {', '.join(map(str, available))}"
         )
-    return available[epoch]  # type: ignore[index]
+    return snapshots[epoch]  # type: ignore[index]
 
 
 def prune_checkpoints(folder: Path, keep: int) -> list[Path]:
-    """Delete all but the ``keep`` newest checkpoints; returns what was deleted."""
+    """Delete all but the ``keep`` newest epoch_NNNN.pt files; returns what was deleted."""
     available = list(list_checkpoints(folder).values())
     doomed = available[:-keep] if keep else available
     for path in doomed:

@@ -221,6 +221,25 @@ def _cmd_outputs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_disk(args: argparse.Namespace) -> int:
+    from nectargan_core.reports.disk import disk_report, format_report, mlflow_rows
+
+    settings = _settings(args)
+    tracker = _tracker(settings)
+    rows, total = disk_report(settings, Path.cwd(), mlflow_rows(tracker.client, [tracker.experiment_id]))
+    print(format_report(rows, total))
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    tracker = _tracker(settings)
+    for line in tracker.forget_runs(args.runs):
+        print(f"deleted {line}")
+    print(f"free the bytes with: mlflow gc --backend-store-uri {tracker.uri} --tracking-uri {tracker.uri}")
+    return 0
+
+
 def _cmd_compare(args: argparse.Namespace) -> int:
     from nectargan_core.tracking.compare import compare_runs
 
@@ -290,6 +309,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("outputs", help="where every output of the pipeline is, as the settings place it")
     _add_params_args(p)
     p.set_defaults(func=_cmd_outputs)
+
+    p = sub.add_parser("disk", help="where the bytes are: run folder, stage outputs, DVC cache and remote, MLflow runs")
+    _add_params_args(p)
+    p.set_defaults(func=_cmd_disk)
+
+    p = sub.add_parser("forget", help="delete MLflow runs with their registered versions and models (then mlflow gc)")
+    _add_params_args(p)
+    p.add_argument("--runs", nargs="+", required=True, help="MLflow run ids")
+    p.set_defaults(func=_cmd_forget)
 
     p = sub.add_parser("compare", help="leaderboard of MLflow runs (differing settings, eval metrics) + images")
     _add_params_args(p)

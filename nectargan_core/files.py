@@ -57,6 +57,14 @@ def write_atomic(path: Path, write: Callable[[Path], object], durable: bool = Fa
     return path
 
 
+def own_copy(path: Path) -> Path:
+    """Before changing ``path`` in place: if it is shared (a hard link into the DVC cache) or read-only,
+    replace it with a private, writable copy, so the cache is never written through."""
+    if path.exists() and (path.stat().st_nlink > 1 or not os.access(path, os.W_OK)):
+        write_atomic(path, lambda tmp: tmp.write_bytes(path.read_bytes()))
+    return path
+
+
 def write_text_atomic(path: Path, text: str) -> Path:
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 

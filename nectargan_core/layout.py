@@ -2,7 +2,10 @@
 
 A training run (``train.output_dir``)::
 
-    checkpoints/epoch_NNNN.pt          full state, every ``checkpoint_every`` epochs and the last
+    checkpoints/latest.pt              the one rolling full state (every ``checkpoint_every`` epochs and
+                                       the last): what continues training, and the final state at the end
+    snapshots/epoch_NNNN.pt            what a user looks back at (``train.snapshot``), the newest
+                                       ``keep_checkpoints``; no DVC output, so they cost no cache
     examples/epoch_NNNN_sample_KK.png  input | generated | target per fixed validation sample
     loss_log.csv                       per-iteration losses (appended every ``dump_frequency`` epochs)
     epochs.csv                         one row per epoch (a DVC plot)
@@ -22,6 +25,7 @@ from pathlib import Path
 
 from nectargan_core.settings import Settings
 
+LATEST_NAME = "latest.pt"
 CHECKPOINT_PATTERN = "epoch_NNNN.pt"
 STRIP_PATTERN = "epoch_NNNN_sample_KK.png"
 _CHECKPOINT = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -60,7 +64,16 @@ class RunPaths:
 
     @property
     def checkpoints(self) -> Path:
+        """Holds only ``latest.pt``: the stage output DVC versions."""
         return self.root / "checkpoints"
+
+    @property
+    def latest(self) -> Path:
+        return self.checkpoints / LATEST_NAME
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
 
     @property
     def examples(self) -> Path:
@@ -89,7 +102,7 @@ class RunPaths:
     @property
     def records(self) -> tuple[Path, ...]:
         """What a fresh run sets aside in ``previous/``."""
-        return (self.checkpoints, self.examples, self.loss_log, self.epochs, self.summary)
+        return (self.checkpoints, self.snapshots, self.examples, self.loss_log, self.epochs, self.summary)
 
 
 @dataclass(frozen=True)
@@ -186,7 +199,8 @@ def where_things_are(settings: Settings) -> list[tuple[str, str]]:
     return [
         ("sample data", f"{settings.sample.out}/{{train,val,test}} (A label map | B facade per file)"),
         ("validation report", f"{validation.csv} (empty when every rule passed)"),
-        ("checkpoints", str(run.checkpoints / CHECKPOINT_PATTERN)),
+        ("full state (continue)", str(run.latest)),
+        ("snapshots", str(run.snapshots / CHECKPOINT_PATTERN)),
         ("example strips", f"{run.examples}/ (per epoch), {outputs.examples}/ (final)"),
         ("losses", f"{run.epochs}, {run.loss_log} (dvc plots show)"),
         ("evaluation", f"{evaluation.report}, {evaluation.table.name}, {evaluation.metrics.name} (dvc metrics show)"),

@@ -357,9 +357,27 @@ class TrainSettings(Strict):
         "auto", description="bf16: bfloat16 autocast; auto: bf16 on CUDA, fp32 on CPU."
     )
     channels_last: bool = Field(False, description="Run the networks in channels_last memory format.")
-    checkpoint_every: int = Field(5, ge=1, description="Full checkpoint every N epochs (the last epoch always).")
+    checkpoint_every: int = Field(
+        5,
+        ge=1,
+        description="Every N epochs (and at the last) the one rolling full state checkpoints/latest.pt is "
+        "replaced and a snapshot snapshots/epoch_NNNN.pt is written.",
+    )
     keep_checkpoints: int = Field(
-        2, ge=1, description="How many of the newest checkpoints stay on disk; older ones are deleted."
+        2, ge=1, description="How many of the newest snapshots stay on disk; older ones are deleted."
+    )
+    snapshot: Literal["generator", "networks", "full"] = Field(
+        "generator",
+        description="What a snapshot holds: generator weights (for predict, evaluate, export and warm starts), "
+        "networks (G and D weights), or full (the whole state, so training can also continue from it).",
+    )
+    snapshot_precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "bf16", description="Stored precision of the weights in generator/networks snapshots (full ones are fp32)."
+    )
+    warm_start: Path | None = Field(
+        None,
+        description="A checkpoint or snapshot whose network weights start a fresh run at epoch 1 (optimizers "
+        "start anew; D starts fresh when the file holds only G). Not with continue_train.",
     )
     examples_every: int = Field(1, ge=1, description="Save example strips every N epochs (and at the last).")
     num_examples: int = Field(4, ge=0, description="Fixed validation samples shown as input | generated | target.")
@@ -413,8 +431,21 @@ class TrackingSettings(Strict):
         min_length=1,
         description="Registry alias moved to each new version ('latest' is MLflow's own: always the newest).",
     )
-    log_checkpoints: bool = Field(True, description="Also store every checkpoint as an MLflow artifact.")
+    log_checkpoints: Literal["none", "final", "all"] = Field(
+        "final",
+        description="Checkpoints in MLflow: final = the registered model and, beside it, the final full state "
+        "(what continue_from needs); none = the same, and nothing for a run that ends without a model; all = "
+        "also every snapshot. Old values: true = all, false = final.",
+    )
     system_metrics: bool = Field(True, description="Record CPU/GPU/memory use as MLflow system metrics.")
+
+    @field_validator("log_checkpoints", mode="before")
+    @classmethod
+    def _legacy_bool(cls, value: object) -> object:
+        """Before it was a choice it was a flag: true stored every checkpoint, false none beyond the model."""
+        if isinstance(value, bool):
+            return "all" if value else "final"
+        return value
 
     @field_validator("alias")
     @classmethod
@@ -501,6 +532,12 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         problems.append(
             "train.continue_from is set but train.continue_train is false; set continue_train: true to continue "
             "(checkpoints are never picked up silently)"
+        )
+    train = settings.train
+    if train.warm_start is not None and train.continue_train:
+        problems.append(
+            "train.warm_start starts a fresh run from a file's weights, train.continue_train continues one; "
+            "set only one of them"
         )
     if settings.train.total_epochs < 1:
         problems.append("train.generator.epochs + train.generator.epochs_decay must be at least 1")

@@ -93,7 +93,7 @@ def train_stage(
     """
     from nectargan_core.tracking.callback import MLflowCallback
     from nectargan_core.tracking.provenance import run_tags
-    from nectargan_core.tracking.registry import register_checkpoint
+    from nectargan_core.tracking.registry import register_model
     from nectargan_core.training.trainer import train
 
     paths = RunPaths.of(settings)
@@ -109,7 +109,7 @@ def train_stage(
         result = train(run_settings, [*callbacks, recorder])
         version = None
         if result.checkpoint is not None and result.last_epoch >= result.start_epoch:
-            version = register_checkpoint(tracker, run_id, result.checkpoint, result.last_epoch, settings, project_dir)
+            version = register_model(tracker, run_id, result.checkpoint, settings, project_dir)
         _update_summary(
             paths.summary,
             {
@@ -134,7 +134,8 @@ def _training_run_id(settings: Settings) -> str:
 
 
 def _final_checkpoint(settings: Settings) -> Path:
-    return find_checkpoint(RunPaths.of(settings).checkpoints, "latest")
+    """The run's full state (its generator is what examples, evaluation and export use)."""
+    return find_checkpoint(RunPaths.of(settings).root, "latest")
 
 
 def examples_stage(settings: Settings, tracker: Tracker, out_dir: Path | None = None) -> list[Path]:
@@ -180,20 +181,17 @@ def predict_stage(
     mode: Literal["resize", "pad"] = "resize",
     tracker: Tracker | None = None,
 ) -> list[Path]:
-    """Run a checkpoint file, an ONNX file or a registered model (``models:/...``, needs ``tracker``)
-    over a folder of images."""
-    import tempfile
-
+    """Run a checkpoint or snapshot file, an ONNX file or a registered model (``models:/...``, through
+    its MLflow pyfunc; needs ``tracker``) over a folder of images."""
     from nectargan_core.device import resolve_device
-    from nectargan_core.inference.predict import predict_folder
-    from nectargan_core.tracking.registry import download_checkpoint
+    from nectargan_core.inference.predict import load_runner, predict_folder, pyfunc_runner
+    from nectargan_core.tracking.registry import load_registered_model
 
     out_dir = out_dir or Path(settings.outputs.predict)
-    with tempfile.TemporaryDirectory(prefix="nectargan-predict-") as scratch:
-        if source.startswith("models:/"):
-            if tracker is None:
-                raise ValueError(f"{source}: a registered model needs the tracking store (pass a Tracker)")
-            model = download_checkpoint(tracker, source, Path(scratch)).checkpoint
-        else:
-            model = Path(source)
-        return predict_folder(model, input_dir, out_dir, resolve_device(settings.train), mode)
+    if source.startswith("models:/"):
+        if tracker is None:
+            raise ValueError(f"{source}: a registered model needs the tracking store (pass a Tracker)")
+        runner = pyfunc_runner(*load_registered_model(tracker, source))
+    else:
+        runner = load_runner(Path(source), resolve_device(settings.train))
+    return predict_folder(runner, input_dir, out_dir, mode)

@@ -42,7 +42,8 @@ def test_the_flow_runs_every_stage(first_run):
     assert set(result["metrics"]) == {"l1", "l2", "psnr", "ssim", "sobel", "laplacian"}
     for path in (
         "outputs/validation/validation.csv",
-        "outputs/train/checkpoints/epoch_0002.pt",
+        "outputs/train/checkpoints/latest.pt",
+        "outputs/train/snapshots/epoch_0002.pt",
         "outputs/examples/epoch_0002_sample_01.png",
         "outputs/eval/metrics.json",
     ):

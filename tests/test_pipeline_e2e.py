@@ -87,6 +87,25 @@ def project(tmp_path_factory) -> Path:
     return repo
 
 
+def assert_bounded_disk(project: Path) -> None:
+    """At most 3 weight files (hard links once) of at least half the largest checkpoint's size, together at
+    most 6 times its size, in the project folder outside .venv, .git and data/. (At these tiny sizes the
+    databases and images outweigh the weights, so only weight files count here; README measures all.)"""
+    files, seen = [], set()
+    for path in project.rglob("*"):
+        parts = path.relative_to(project).parts
+        if parts[0] in (".venv", ".git", "data") or path.suffix not in (".pt", ".onnx") or path.is_symlink():
+            continue
+        stat = path.stat()
+        if (stat.st_dev, stat.st_ino) not in seen:
+            seen.add((stat.st_dev, stat.st_ino))
+            files.append((stat.st_size, path))
+    largest = max(size for size, path in files if path.suffix == ".pt")
+    big = [(size, path) for size, path in files if size >= largest / 2]
+    assert len(big) <= 3, big
+    assert sum(size for size, _ in big) <= 6 * largest
+
+
 def recorder_env(folder: Path) -> dict[str, str]:
     (folder / "hook").mkdir(parents=True)
     (folder / "log").mkdir()
@@ -126,7 +145,8 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_it(project, tmp_path):
 
     assert len(list((project / "data" / "sample" / "train").glob("*.png"))) == 6
     assert json.loads((project / "outputs" / "validation" / "validation.json").read_text())["ok"] is True
-    assert sorted(p.name for p in (project / "outputs" / "train" / "checkpoints").iterdir()) == [
+    assert [p.name for p in (project / "outputs" / "train" / "checkpoints").iterdir()] == ["latest.pt"]
+    assert sorted(p.name for p in (project / "outputs" / "train" / "snapshots").iterdir()) == [
         "epoch_0001.pt",
         "epoch_0002.pt",
     ]
@@ -148,9 +168,10 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_it(project, tmp_path):
     assert [m.step for m in client.get_metric_history(run_info.info.run_id, "loss/g")] == [1, 2]
     assert "eval/ssim" in run_info.data.metrics
     assert json.loads((project / "outputs" / "export" / "generator.parity.json").read_text())["max_abs_diff"]
-    assert {"checkpoints", "images", "model", "examples", "evaluation", "onnx"} <= {
-        a.path for a in client.list_artifacts(run_info.info.run_id)
-    }
+    artifacts = {a.path for a in client.list_artifacts(run_info.info.run_id)}
+    assert {"images", "examples", "evaluation", "onnx"} <= artifacts
+    assert not {"snapshots", "checkpoints"} & artifacts  # log_checkpoints: final: the model holds the full state
+    assert_bounded_disk(project)
     version = client.get_model_version_by_alias("nectargan-generator", "current")
     assert version.run_id == run_info.info.run_id and version.tags["epoch"] == "2"
 
@@ -195,3 +216,25 @@ def test_dvc_exp_run_compares_loss_weightings(project):
     differing = {k for k in newest.data.params if newest.data.params[k] != previous.data.params.get(k)}
     assert differing == {"train.loss.l1"}
     assert (newest.data.params["train.loss.l1"], previous.data.params["train.loss.l1"]) == ("25.0", "50.0")
+
+    # Where the bytes are, and the clean-up path: forget a run (+ mlflow gc), drop experiments (+ dvc gc).
+    report = run(["nectargan", "disk"], project)
+    assert "DVC cache" in report and "total, hard links once" in report and runs[-1].info.run_id in report
+    first = runs[-1].info.run_id
+    models = client.search_logged_models(experiment_ids=[runs[-1].info.experiment_id])
+    model_dirs = [project / "mlruns" / "models" / m.model_id for m in models if m.source_run_id == first]
+    assert (project / "mlruns" / first).is_dir() and model_dirs and all(d.is_dir() for d in model_dirs)
+    forgot = run(["nectargan", "forget", "--runs", first], project)
+    assert "deleted registered nectargan-generator version 1" in forgot and "mlflow gc" in forgot
+    run(["mlflow", "gc", "--backend-store-uri", uri, "--tracking-uri", uri], project)
+    left = [p for d in (project / "mlruns" / first, *model_dirs) for p in d.rglob("*") if p.is_file()]
+    assert not left, left  # gc removes the files (and leaves the empty folders)
+
+    def cache_bytes() -> int:
+        return sum(p.stat().st_size for p in (project / ".dvc" / "cache").rglob("*") if p.is_file())
+
+    before = cache_bytes()
+    run(["dvc", "exp", "remove", "--all-commits"], project)
+    run(["dvc", "gc", "--workspace", "--force"], project)
+    assert cache_bytes() < before
+    assert "Data and pipelines are up to date" in run(["dvc", "status"], project)

@@ -1,18 +1,30 @@
 import csv
 import hashlib
 import json
+import os
+import socket
+import subprocess
+import sys
 import time
+import urllib.request
+from pathlib import Path
 
+import mlflow
+import numpy as np
 import pytest
+import torch
 
 from nectargan_core.checkpoint import CheckpointError
+from nectargan_core.inference.generator import load_generator
 from nectargan_core.settings import with_changes
 from nectargan_core.stages import evaluate_stage, examples_stage, train_stage
-from nectargan_core.tracking.registry import RegistryError, download_checkpoint
+from nectargan_core.tracking.registry import RegistryError, download_checkpoint, input_example, model_metadata
 from nectargan_core.tracking.tracker import Tracker, TrackingUnavailable, settings_params
 
 from .helpers import tiny_settings
 from .test_training import epoch_rows
+
+BIN = Path(sys.executable).parent
 
 
 def tiny(root, project, **train):
@@ -23,7 +35,8 @@ def tiny(root, project, **train):
 def trained(sample_root, tmp_path_factory):
     """One tracked 2-epoch run in its own project folder (the embedded SQLite default)."""
     project = tmp_path_factory.mktemp("project")
-    settings = tiny(sample_root, project)
+    settings = tiny(sample_root, project, snapshot="full")
+    settings = with_changes(settings, {"tracking.log_checkpoints": "all"})
     tracker = Tracker.connect(settings.tracking, project)
     result = train_stage(settings, tracker, project)
     return project, settings, result, tracker
@@ -56,9 +69,9 @@ def test_the_run_records_every_setting_and_per_epoch_metrics(trained):
     assert l1[2] == pytest.approx(float(rows[1]["l1"]))
     assert run.data.tags["params_hash"] and run.data.tags["git_commit"]
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
-    assert {"checkpoints", "images", "model"} <= artifacts
-    checkpoints = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
-    assert checkpoints == {"checkpoints/epoch_0001.pt", "checkpoints/epoch_0002.pt"}
+    assert {"images", "snapshots"} <= artifacts and "checkpoints" not in artifacts  # the model holds the state
+    snapshots = {a.path for a in client.list_artifacts(result.run_id, "snapshots")}
+    assert snapshots == {"snapshots/epoch_0001.pt", "snapshots/epoch_0002.pt"}  # log_checkpoints: all
     images = [a.path for a in client.list_artifacts(result.run_id, "images")]
     assert any("examples~sample_00+step+2" in path for path in images)
     summary = json.loads(result.summary.read_text())
@@ -74,7 +87,11 @@ def test_final_checkpoint_is_a_registered_version_with_alias(trained):
     assert version.tags["epoch"] == "2" and version.tags["run_id"] == result.run_id
     assert set(version.tags) >= {"params_hash", "git_commit", "dvc_md5"}
     downloaded = download_checkpoint(tracker, "models:/nectargan-generator@current", project / "dl")
-    assert downloaded.checkpoint.read_bytes() == result.checkpoint.read_bytes()
+    assert downloaded.checkpoint.read_bytes() == result.checkpoint.read_bytes()  # the final full state
+    model = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert [a.path for a in mlflow.artifacts.list_artifacts(f"{model.artifact_location}/artifacts")] == [
+        "artifacts/latest.pt"
+    ]  # one copy in MLflow: the model's own artifact is the full state
 
     assert hashlib.md5(result.checkpoint.read_bytes()).hexdigest() == version.tags["dvc_md5"]
 
@@ -170,6 +187,73 @@ def test_load_epoch_picks_another_checkpoint_of_the_parent_run(trained, sample_r
     project, _, _result, tracker = trained
     first = download_checkpoint(tracker, "models:/nectargan-generator/1", project / "e1", epoch=1)
     assert first.epoch == 1 and first.checkpoint.name == "epoch_0001.pt"
-    assert first.checkpoint.read_bytes() == (project / "outputs/train/checkpoints/epoch_0001.pt").read_bytes()
-    with pytest.raises(RegistryError, match="has no checkpoint for epoch 7; logged epochs: 1, 2"):
+    assert first.checkpoint.read_bytes() == (project / "outputs/train/snapshots/epoch_0001.pt").read_bytes()
+    with pytest.raises(RegistryError, match="has no checkpoint for epoch 7; logged epochs: 1, 2 "):
         download_checkpoint(tracker, "models:/nectargan-generator/1", project / "e7", epoch=7)
+
+
+def test_the_registered_version_is_an_mlflow_model(trained):
+    project, _, result, _tracker = trained
+    model = mlflow.pyfunc.load_model("models:/nectargan-generator/1")  # the fixture's run
+    example = input_example(model_metadata(load_generator(result.checkpoint, torch.device("cpu")).settings, 2))
+    generated = model.predict(example)
+    assert generated.shape == (1, 3, 32, 32) and generated.dtype == np.float32
+    trained_generator = load_generator(result.checkpoint, torch.device("cpu")).generator
+    with torch.no_grad():
+        assert np.array_equal(generated, trained_generator(torch.from_numpy(example)).numpy())
+    signature = model.metadata.signature
+    assert signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 3, -1, -1)}
+    local = Path(mlflow.artifacts.download_artifacts("models:/nectargan-generator/1", dst_path=str(project / "m")))
+    assert (local / "generator_model.py").read_text().startswith('"""The registered model')  # code, not a pickle
+    assert "loader_module: mlflow.pyfunc.loaders.code_model" in (local / "MLmodel").read_text()
+    assert "model_version: '1'" in (local / "registered_model_meta").read_text()
+    assert not list(local.rglob("*.pkl"))
+    assert "torch==" in (local / "requirements.txt").read_text()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_invocations(trained):
+    project, _, result, tracker = trained
+    port = _free_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracker.uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    log = project / "serve.log"
+    with log.open("w") as handle:
+        server = subprocess.Popen(
+            [
+                *(str(BIN / "mlflow"), "models", "serve", "-m", "models:/nectargan-generator/1"),
+                *("--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)),
+            ],
+            env=env,
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
+                    break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+                time.sleep(1)
+        example = np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=json.dumps({"inputs": example.tolist()}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=60) as response:
+            answer = np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
+        generator = load_generator(result.checkpoint, torch.device("cpu")).generator
+        with torch.no_grad():
+            expected = generator(torch.from_numpy(example)).numpy()
+        assert answer.shape == (2, 3, 32, 32) and np.abs(answer - expected).max() < 1e-5
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,5 +1,6 @@
 import csv
 import json
+import os
 
 import numpy as np
 import pytest
@@ -32,7 +33,9 @@ def test_training_writes_every_output(sample_root, tmp_path):
     out = tmp_path / "run"
     result = train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
     assert (result.start_epoch, result.last_epoch) == (1, 3)
-    assert result.checkpoint == out / "checkpoints" / "epoch_0003.pt"
+    assert result.checkpoint == out / "checkpoints" / "latest.pt"
+    assert [p.name for p in (out / "checkpoints").iterdir()] == ["latest.pt"]  # the DVC output: one file
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt", "epoch_0003.pt"]
     rows = epoch_rows(out)
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     assert all(float(r["l1_weight"]) == 100.0 and r["l2"] == "" for r in rows)
@@ -67,8 +70,9 @@ def test_continue_equals_uninterrupted(sample_root, tmp_path):
     assert result.start_epoch == 3
     assert result.changed_settings == ["train.generator.epochs: 2 -> 4"]
     assert losses(epoch_rows(tmp_path / "split")) == losses(epoch_rows(tmp_path / "full"))
-    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "epoch_0004.pt")
-    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "epoch_0004.pt")
+    a = load_checkpoint(tmp_path / "full" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
+    assert a["epoch"] == b["epoch"] == 4
     assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
 
 
@@ -76,7 +80,7 @@ class StopAfter(TrainingCallback):
     def __init__(self, epoch):
         self.epoch = epoch
 
-    def on_checkpoint(self, epoch, path):
+    def on_checkpoint(self, epoch, latest, snapshot):
         if epoch == self.epoch:
             raise KeyboardInterrupt
 
@@ -102,11 +106,13 @@ def test_persisted_checkpoints_are_never_used_silently(sample_root, tmp_path):
     train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
     result = train(tiny_settings(sample_root, out))
     assert result.start_epoch == 1
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_0001.pt", "epoch_0002.pt"]
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["epoch"] == 2
     assert [int(r["epoch"]) for r in epoch_rows(out)] == [1, 2]
     # The earlier run was set aside, not destroyed.
     previous = out / "previous"
-    assert sorted(p.name for p in (previous / "checkpoints").iterdir())[-1] == "epoch_0003.pt"
+    assert sorted(p.name for p in (previous / "snapshots").iterdir())[-1] == "epoch_0003.pt"
+    assert load_checkpoint(previous / "checkpoints" / "latest.pt")["epoch"] == 3
     assert [int(r["epoch"]) for r in epoch_rows(previous)] == [1, 2, 3]
     with pytest.raises(CheckpointError, match="which this run would replace"):
         train(
@@ -131,7 +137,7 @@ def test_changed_architecture_is_refused(sample_root, tmp_path):
     assert "another architecture" in message
     assert "model.generator.features: checkpoint 8, settings 16" in message
     assert "data.input_channels: checkpoint 3, settings 1" in message
-    assert (out / "checkpoints" / "epoch_0002.pt").exists()  # nothing lost
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["epoch"] == 2  # nothing lost
 
 
 def test_missing_epoch_and_missing_checkpoints_are_named(sample_root, tmp_path):
@@ -146,8 +152,8 @@ def test_missing_epoch_and_missing_checkpoints_are_named(sample_root, tmp_path):
 
 
 def test_continue_from_an_explicit_checkpoint_path(sample_root, tmp_path):
-    train(tiny_settings(sample_root, tmp_path / "parent"))
-    source = tmp_path / "parent" / "checkpoints" / "epoch_0001.pt"
+    train(tiny_settings(sample_root, tmp_path / "parent", snapshot="full"))
+    source = tmp_path / "parent" / "snapshots" / "epoch_0001.pt"
     child = tiny_settings(
         sample_root, tmp_path / "child", continue_train=True, continue_from=str(source), **{"loss.l1": 50.0}
     )
@@ -160,9 +166,13 @@ def test_continue_from_an_explicit_checkpoint_path(sample_root, tmp_path):
 def test_checkpoint_holds_the_full_state_and_retention_bounds_disk(sample_root, tmp_path):
     out = tmp_path / "run"
     train(tiny_settings(sample_root, out, keep_checkpoints=2, **{"generator.epochs": 4}))
-    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["epoch_0003.pt", "epoch_0004.pt"]
-    state = torch.load(out / "checkpoints" / "epoch_0004.pt", weights_only=True)
-    assert state["format_version"] == 1 and state["epoch"] == 4 and state["seed"] == 7
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch_0003.pt", "epoch_0004.pt"]
+    snapshot = torch.load(out / "snapshots" / "epoch_0004.pt", weights_only=True)
+    assert snapshot["contents"] == "generator" and set(snapshot) >= {"generator", "settings", "architecture"}
+    assert not {"discriminator", "opt_g", "opt_d"} & set(snapshot)
+    state = torch.load(out / "checkpoints" / "latest.pt", weights_only=True)
+    assert state["format_version"] == 2 and state["contents"] == "full"
+    assert state["epoch"] == 4 and state["seed"] == 7
     assert set(state) >= {"generator", "discriminator", "opt_g", "opt_d", "settings", "architecture"}
     assert state["opt_g"]["state"][0]["step"].item() == 4 * 3
     assert state["settings"]["train"]["loss"]["l1"] == 100.0
@@ -202,8 +212,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample_root, t
         train(blowup)
     message = str(info.value)
     assert "loss 'G' became inf in epoch 2" in message
-    assert str(out / "checkpoints" / "epoch_0001.pt") in message
-    assert [p.name for p in (out / "checkpoints").iterdir()] == ["epoch_0001.pt"]
+    assert str(out / "checkpoints" / "latest.pt") in message
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["epoch"] == 1
+    assert [p.name for p in (out / "snapshots").iterdir()] == ["epoch_0001.pt"]
     with (out / "loss_log.csv").open() as handle:
         assert "2" in {row["epoch"] for row in csv.DictReader(handle)}  # the bad epoch's rows are kept
 
@@ -307,7 +318,7 @@ def test_nan_weights_are_never_checkpointed(sample_root, tmp_path):
 def test_checkpoints_are_readable_by_others(sample_root, tmp_path):
     out = tmp_path / "run"
     train(tiny_settings(sample_root, out, **{"generator.epochs": 1}))
-    mode = (out / "checkpoints" / "epoch_0001.pt").stat().st_mode
+    mode = (out / "checkpoints" / "latest.pt").stat().st_mode
     assert mode & 0o044 == 0o044  # group/other can read (umask 022)
 
 
@@ -327,10 +338,9 @@ def test_cli_train_command(sample_root, tmp_path, capsys):
 
 def test_continuing_from_an_earlier_epoch_replaces_the_later_records(sample_root, tmp_path):
     out = tmp_path / "run"
-    train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
-    again = tiny_settings(
-        sample_root, out, continue_train=True, load_epoch=1, **{"generator.epochs": 3, "loss.l1": 10.0}
-    )
+    train(tiny_settings(sample_root, out, snapshot="full", **{"generator.epochs": 3}))
+    changes = {"generator.epochs": 3, "loss.l1": 10.0, "snapshot": "full"}
+    again = tiny_settings(sample_root, out, continue_train=True, load_epoch=1, **changes)
     result = train(again)
     assert result.start_epoch == 2
     rows = epoch_rows(out)
@@ -340,3 +350,56 @@ def test_continuing_from_an_earlier_epoch_replaces_the_later_records(sample_root
         log_rows = list(csv.DictReader(handle))
     assert len(log_rows) == 3 * 3 * 4  # epochs 2 and 3 once each, from the continued run
     assert {r["weight"] for r in log_rows if r["loss"] == "l1" and r["epoch"] != "1"} == {"10.0"}
+
+
+def test_continuing_from_a_weights_snapshot_says_what_to_use(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))
+    with pytest.raises(CheckpointError) as info:
+        train(tiny_settings(sample_root, out, continue_train=True, load_epoch=1, **{"generator.epochs": 3}))
+    message = str(info.value)
+    assert f"{out / 'snapshots' / 'epoch_0001.pt'} is a snapshot holding generator weights of epoch 1" in message
+    assert "checkpoints/latest.pt" in message and "train.warm_start" in message
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["epoch"] == 3  # nothing was touched
+
+
+def test_a_weights_snapshot_warm_starts_a_fresh_run(sample_root, tmp_path):
+    train(tiny_settings(sample_root, tmp_path / "parent"))
+    source = tmp_path / "parent" / "snapshots" / "epoch_0002.pt"
+    result = train(tiny_settings(sample_root, tmp_path / "child", warm_start=str(source), **{"generator.epochs": 1}))
+    assert result.start_epoch == 1
+    child = load_checkpoint(tmp_path / "child" / "checkpoints" / "latest.pt")
+    assert child["opt_g"]["state"][0]["step"].item() == 3  # fresh optimisers: one epoch of 3 steps
+    fresh = train(tiny_settings(sample_root, tmp_path / "fresh", **{"generator.epochs": 1}))
+    assert fresh.history[0].loss_g != result.history[0].loss_g  # it did start from the parent's weights
+
+
+def test_snapshot_precision_and_full_snapshots_share_the_bytes(sample_root, tmp_path):
+    train(tiny_settings(sample_root, tmp_path / "half", snapshot_precision="bf16", **{"generator.epochs": 1}))
+    half = load_checkpoint(tmp_path / "half" / "snapshots" / "epoch_0001.pt")
+    assert {v.dtype for v in half["generator"].values() if v.is_floating_point()} == {torch.bfloat16}
+    train(
+        tiny_settings(
+            sample_root, tmp_path / "full", snapshot="full", snapshot_precision="fp16", **{"generator.epochs": 1}
+        )
+    )
+    latest, snapshot = (
+        tmp_path / "full" / "checkpoints" / "latest.pt",
+        tmp_path / "full" / "snapshots" / "epoch_0001.pt",
+    )
+    assert latest.stat().st_ino == snapshot.stat().st_ino  # a second name for the full state (fp32), not a copy
+
+
+def test_appending_never_writes_through_a_hard_link(tmp_path):
+    """With DVC's hardlink cache the loss log may share its bytes with the cache: appends make a copy first."""
+    path, cached = tmp_path / "loss_log.csv", tmp_path / "cache_entry"
+    log = LossLog(path)
+    log.add_epoch(1, [Losses(0.5, 3.0, {})], {})
+    log.flush()
+    os.link(path, cached)
+    cached.chmod(0o444)  # DVC protects what it links from the cache
+    before = cached.read_bytes()
+    log.add_epoch(2, [Losses(0.4, 2.0, {})], {})
+    log.flush()
+    assert cached.read_bytes() == before and path.read_bytes().startswith(before)
+    assert path.stat().st_ino != cached.stat().st_ino and path.read_bytes().count(b"\n") == 1 + 2 + 2

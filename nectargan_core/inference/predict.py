@@ -1,4 +1,4 @@
-"""Run a checkpoint, a registered model or an ONNX file over a folder of images of any size.
+"""Run a checkpoint, a registered model (its MLflow pyfunc) or an ONNX file over images of any size.
 
 Two ways to meet the generator's size rules (documented in the README):
   resize  resize to the trained crop size, generate, resize back (what the model saw in training)
@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -58,6 +58,15 @@ def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
     return run, info
 
 
+def pyfunc_runner(model: Any, info: dict[str, int]) -> tuple[Runner, ModelInfo]:
+    """A registered model's MLflow pyfunc (float32 N x C x H x W in [-1, 1] in and out)."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(model.predict(x.numpy()))
+
+    return run, ModelInfo(info["input_channels"], info["output_channels"], info["crop_size"], info["side_multiple"])
+
+
 def load_runner(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:
     """``path``: a checkpoint file or a ``.onnx`` file (registered models are downloaded by the caller)."""
     if not path.is_file():
@@ -86,11 +95,7 @@ def predict_image(image: Image.Image, run: Runner, info: ModelInfo, mode: Litera
 
 
 def predict_folder(
-    model: Path,
-    input_dir: Path,
-    out_dir: Path,
-    device: torch.device,
-    mode: Literal["resize", "pad"] = "resize",
+    runner: tuple[Runner, ModelInfo], input_dir: Path, out_dir: Path, mode: Literal["resize", "pad"] = "resize"
 ) -> list[Path]:
     """Generate one output PNG per input image (same stem) into ``out_dir``."""
     if not input_dir.is_dir():
@@ -98,7 +103,7 @@ def predict_folder(
     files = list_images(input_dir)
     if not files:
         raise ValueError(f"{input_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to predict")
-    run, info = load_runner(model, device)
+    run, info = runner
     written = []
     for path in tqdm(files, desc="predict", unit="image", disable=None):
         with Image.open(path) as image:

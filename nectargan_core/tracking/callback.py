@@ -8,15 +8,15 @@ from pathlib import Path
 from mlflow.entities import Metric
 from PIL import Image
 
-from nectargan_core.tracking.tracker import CHECKPOINTS_ARTIFACT, Tracker, example_image_key
+from nectargan_core.tracking.tracker import SNAPSHOTS_ARTIFACT, Tracker, example_image_key
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 
 
 class MLflowCallback(TrainingCallback):
     """Per epoch (step = epoch): each loss unweighted and weighted, each weight, LRs, time, images/s;
-    example strips as step images; checkpoints as artifacts."""
+    example strips as step images; every snapshot as an artifact when asked (log_checkpoints: all)."""
 
-    def __init__(self, tracker: Tracker, run_id: str, log_checkpoints: bool) -> None:
+    def __init__(self, tracker: Tracker, run_id: str, log_checkpoints: str) -> None:
         self.client = tracker.client
         self.run_id = run_id
         self.log_checkpoints = log_checkpoints
@@ -44,6 +44,6 @@ class MLflowCallback(TrainingCallback):
             with Image.open(path) as image:
                 self.client.log_image(self.run_id, image.copy(), key=example_image_key(index), step=epoch)
 
-    def on_checkpoint(self, epoch: int, path: Path) -> None:
-        if self.log_checkpoints:
-            self.client.log_artifact(self.run_id, str(path), CHECKPOINTS_ARTIFACT)
+    def on_checkpoint(self, epoch: int, latest: Path, snapshot: Path) -> None:
+        if self.log_checkpoints == "all":  # the final full state is logged with the registered model
+            self.client.log_artifact(self.run_id, str(snapshot), SNAPSHOTS_ARTIFACT)

@@ -1,22 +1,39 @@
-"""The MLflow Model Registry: each run's final checkpoint becomes a version; versions load back.
+"""The MLflow Model Registry: each run's final generator becomes a version of a real MLflow model.
 
-A checkpoint is not an MLflow model flavour, so versions are created explicitly from the run's
-``model/`` artifact folder (``MODEL_ARTIFACT``), which holds the checkpoint file.
+A version is a pyfunc logged as models-from-code (``generator_model.py``; no pickle) whose one
+artifact is the run's final full state, ``latest.pt``, read back with ``weights_only=True``: the
+model generates with its generator, and continuing from the version goes on from exactly where
+training stopped, from the same file (one copy in MLflow, not two). It has a signature (float32
+N x C x H x W in [-1, 1]), an input example and the project's pinned requirements, so
+``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work on it.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import numpy as np
 from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.types import Schema, TensorSpec
 
-from nectargan_core.layout import checkpoint_epoch
+import nectargan_core
+from nectargan_core.checkpoint import load_checkpoint
+from nectargan_core.layout import LATEST_NAME, checkpoint_epoch, checkpoint_name
 from nectargan_core.settings import Settings
 from nectargan_core.tracking.provenance import file_md5, git_commit, params_hash
-from nectargan_core.tracking.tracker import CHECKPOINTS_ARTIFACT, MODEL_ARTIFACT, Tracker
+from nectargan_core.tracking.tracker import MODEL_ARTIFACT, SNAPSHOTS_ARTIFACT, Tracker
+
+MODEL_CODE = Path(__file__).with_name("generator_model.py")
+CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc's artifact key (generator_model.py reads it)
+PINNED = ("torch", "numpy", "pydantic", "mlflow", "PyYAML")
+METADATA_KEY = "nectargan"
 
 _URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))$")
 
@@ -38,13 +55,48 @@ class RegisteredCheckpoint:
         return f"models:/{self.name}/{self.version}"
 
 
-def register_checkpoint(
-    tracker: Tracker, run_id: str, checkpoint: Path, epoch: int, settings: Settings, project_dir: Path
-) -> str:
-    """Log the checkpoint under ``model/``, add it as a new version with tags, move the alias to it."""
+def model_metadata(settings: Settings, epoch: int) -> dict[str, int]:
+    """What a caller needs to feed the model (stored in the MLflow model's metadata)."""
+    data = settings.data
+    return {
+        "input_channels": data.input_channels,
+        "output_channels": data.output_channels,
+        "crop_size": data.crop_size,
+        "side_multiple": 2 ** (settings.model.generator.n_downs + 2),
+        "epoch": epoch,
+    }
+
+
+def _signature(info: dict[str, int]) -> ModelSignature:
+    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, info["input_channels"], -1, -1))])
+    outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, info["output_channels"], -1, -1))])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def input_example(info: dict[str, int]) -> np.ndarray:
+    """One image at the trained crop, values in [-1, 1] (two decimals keep the stored example small)."""
+    rng = np.random.default_rng(0)
+    shape = (1, info["input_channels"], info["crop_size"], info["crop_size"])
+    return rng.uniform(-1, 1, shape).round(2).astype(np.float32)
+
+
+def register_model(tracker: Tracker, run_id: str, full_state: Path, settings: Settings, project_dir: Path) -> str:
+    """Log the final full state beside a pyfunc of its generator, register it as a new version with
+    tags, and move the alias to it."""
     cfg, client = settings.tracking, tracker.client
-    client.log_artifact(run_id, str(checkpoint), MODEL_ARTIFACT)
-    source = f"{client.get_run(run_id).info.artifact_uri}/{MODEL_ARTIFACT}"
+    state = load_checkpoint(full_state, mmap=True)
+    epoch = int(state["epoch"])
+    info = model_metadata(Settings.model_validate(state["settings"]), epoch)
+    logged = mlflow.pyfunc.log_model(
+        name=MODEL_ARTIFACT,
+        python_model=str(MODEL_CODE),
+        artifacts={CHECKPOINT_ARTIFACT: str(full_state)},
+        code_paths=[str(Path(nectargan_core.__file__).parent)],
+        signature=_signature(info),
+        input_example=input_example(info),
+        pip_requirements=[f"{name}=={metadata.version(name)}" for name in PINNED],
+        metadata={METADATA_KEY: info},
+    )
     try:
         client.create_registered_model(cfg.registered_model)
     except MlflowException as exc:
@@ -55,10 +107,12 @@ def register_checkpoint(
         "run_id": run_id,
         "params_hash": params_hash(settings),
         "git_commit": git_commit(project_dir),
-        "dvc_md5": file_md5(checkpoint),
-        "checkpoint": checkpoint.name,
+        "dvc_md5": file_md5(full_state),
+        "full_state": f"artifacts/{full_state.name}",  # in the model's own artifacts
     }
-    version = client.create_model_version(cfg.registered_model, source, run_id=run_id, tags=tags).version
+    version = client.create_model_version(
+        cfg.registered_model, logged.model_uri, run_id=run_id, tags=tags, model_id=logged.model_id
+    ).version
     client.set_registered_model_alias(cfg.registered_model, cfg.alias, version)
     return str(version)
 
@@ -102,32 +156,41 @@ def resolve_model_version(tracker: Tracker, uri: str) -> tuple[str, str]:
 def download_checkpoint(
     tracker: Tracker, uri: str, destination: Path, epoch: int | str = "latest"
 ) -> RegisteredCheckpoint:
-    """Resolve ``uri`` to one version and download its checkpoint into ``destination``.
+    """Resolve ``uri`` to one version and download the checkpoint to continue from into ``destination``.
 
-    ``epoch`` 'latest' takes the version's own (final) checkpoint; a number takes that epoch's
-    checkpoint from the artifacts of the run that produced the version.
+    ``epoch`` 'latest' (or the version's own epoch) takes the final full state the model carries;
+    another number takes that epoch's snapshot from the run (``log_checkpoints: all``).
     """
     client = tracker.client
     name, version = resolve_model_version(tracker, uri)
     model_version = client.get_model_version(name, version)
     version_epoch = int(model_version.tags.get("epoch", "0"))
-    if epoch == "latest" or int(epoch) == version_epoch:
-        artifact, chosen = f"models:/{name}/{version}", version_epoch
-    else:
-        logged = {
-            logged_epoch: a.path
-            for a in client.list_artifacts(model_version.run_id, CHECKPOINTS_ARTIFACT)
-            if (logged_epoch := checkpoint_epoch(Path(a.path).name)) is not None
-        }
-        if int(epoch) not in logged:
-            shown = ", ".join(map(str, sorted({*logged, version_epoch})))
-            raise RegistryError(
-                f"{uri} (version {version}, run {model_version.run_id}) has no checkpoint for epoch {epoch}; "
-                f"logged epochs: {shown}"
-            )
-        artifact, chosen = f"runs:/{model_version.run_id}/{logged[int(epoch)]}", int(epoch)
-    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=artifact, dst_path=str(destination)))
-    files = [local] if local.is_file() else sorted(local.glob("*.pt"))
-    if len(files) != 1:
-        raise RegistryError(f"{artifact}: expected one checkpoint file, found {[f.name for f in files]}")
-    return RegisteredCheckpoint(name, version, model_version.run_id, files[0], chosen)
+    run_id = model_version.run_id
+    if epoch == "latest" or int(epoch) == version_epoch:  # the full state inside the model
+        model = client.get_logged_model(model_version.source.removeprefix("models:/"))
+        inside = model_version.tags.get("full_state", f"artifacts/{LATEST_NAME}")
+        location = f"{model.artifact_location.rstrip('/')}/{inside}"
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(destination)))
+        return RegisteredCheckpoint(name, version, run_id, local, version_epoch)
+    logged = {
+        logged_epoch
+        for a in client.list_artifacts(run_id, SNAPSHOTS_ARTIFACT)
+        if (logged_epoch := checkpoint_epoch(Path(a.path).name)) is not None
+    }
+    if int(epoch) not in logged:
+        shown = ", ".join(map(str, sorted({*logged, version_epoch})))
+        raise RegistryError(
+            f"{uri} (version {version}, run {run_id}) has no checkpoint for epoch {epoch}; logged epochs: "
+            f"{shown} (snapshots are logged with tracking.log_checkpoints: all)"
+        )
+    artifact = f"{SNAPSHOTS_ARTIFACT}/{checkpoint_name(int(epoch))}"
+    local = Path(client.download_artifacts(run_id, artifact, str(destination)))
+    return RegisteredCheckpoint(name, version, run_id, local, int(epoch))
+
+
+def load_registered_model(tracker: Tracker, uri: str) -> tuple[Any, dict[str, int]]:
+    """The pyfunc of ``uri`` (alias resolved once) and its metadata (channels, crop, side multiple)."""
+    name, version = resolve_model_version(tracker, uri)
+    model = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+    info = model.metadata.metadata[METADATA_KEY]
+    return model, json.loads(info) if isinstance(info, str) else info

@@ -20,14 +20,15 @@ from mlflow.entities import Metric, Param
 
 from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted
+from nectargan_core.tracking.provenance import file_md5
 
 if TYPE_CHECKING:
     from nectargan_core.inference.evaluate import EvaluationResult
     from nectargan_core.inference.onnx import ExportResult
 
 # Artifact folders of a training run (and the registered model's source).
-MODEL_ARTIFACT = "model"
-CHECKPOINTS_ARTIFACT = "checkpoints"
+MODEL_ARTIFACT = "model"  # the registered pyfunc; its artifact is the final full state
+SNAPSHOTS_ARTIFACT = "snapshots"  # every snapshot, with log_checkpoints: all
 FINAL_EXAMPLES_ARTIFACT = "examples/final"
 EVALUATION_ARTIFACT = "evaluation"
 ONNX_ARTIFACT = "onnx"
@@ -124,6 +125,26 @@ class Tracker:
         if samples.is_dir():  # the report links the strips by this folder's name
             self.client.log_artifacts(run_id, str(samples), f"{EVALUATION_ARTIFACT}/{samples.name}")
 
+    def forget_runs(self, run_ids: list[str]) -> list[str]:
+        """Delete runs with their registered versions and logged models (MLflow's soft delete: ``mlflow gc``
+        then frees the bytes). Returns what was deleted, one line each."""
+        done = []
+        for run_id in run_ids:
+            run = self.client.get_run(run_id)  # an unknown id fails here, before anything is deleted
+            for version in self.client.search_model_versions(f"run_id='{run_id}'"):
+                self.client.delete_model_version(version.name, version.version)
+                done.append(f"registered {version.name} version {version.version}")
+            models = self.client.search_logged_models(experiment_ids=[run.info.experiment_id])
+            for model in (m for m in models if m.source_run_id == run_id):
+                self.client.delete_logged_model(model.model_id)
+                done.append(f"logged model {model.model_id}")
+            self.client.delete_run(run_id)
+            done.append(f"run {run_id}")
+        return done
+
     def log_onnx(self, run_id: str, result: ExportResult) -> None:
-        self.client.log_artifact(run_id, str(result.path), ONNX_ARTIFACT)
+        """The parity report, and where the ONNX file is with its MD5: the file itself is a DVC output
+        (a second copy in MLflow would cost as much as the generator again)."""
         self.client.log_artifact(run_id, str(parity_path(result.path)), ONNX_ARTIFACT)
+        self.client.set_tag(run_id, "onnx_path", str(result.path))
+        self.client.set_tag(run_id, "onnx_md5", file_md5(result.path))

@@ -56,7 +56,8 @@ class TrainingCallback:
 
     def on_examples(self, epoch: int, paths: list[Path]) -> None: ...
 
-    def on_checkpoint(self, epoch: int, path: Path) -> None: ...
+    def on_checkpoint(self, epoch: int, latest: Path, snapshot: Path) -> None:
+        """The full state ``latest`` was replaced and this epoch's ``snapshot`` written."""
 
     def on_train_end(self, last_epoch: int, checkpoint: Path | None) -> None: ...
 
@@ -97,5 +98,5 @@ class ConsoleReporter(TrainingCallback):
             flush=True,
         )
 
-    def on_checkpoint(self, epoch: int, path: Path) -> None:
-        print(f"  checkpoint {path}", file=self.stream)
+    def on_checkpoint(self, epoch: int, latest: Path, snapshot: Path) -> None:
+        print(f"  checkpoint {latest} (snapshot {snapshot.name})", file=self.stream)

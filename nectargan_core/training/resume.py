@@ -14,7 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from nectargan_core.checkpoint import CheckpointError, find_checkpoint, list_checkpoints, load_checkpoint
+from nectargan_core.checkpoint import (
+    CheckpointError,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    require_full_state,
+)
+from nectargan_core.files import write_atomic
 from nectargan_core.layout import RunPaths, strip_key
 from nectargan_core.settings import Settings, flatten_dotted
 from nectargan_core.training.records import truncate_after
@@ -55,12 +62,26 @@ def changed_settings(saved: dict[str, Any], current: dict[str, Any]) -> list[str
 
 @dataclass(frozen=True)
 class StartPoint:
-    """The first epoch to train, and the state and checkpoint it continues from (None when fresh)."""
+    """The first epoch to train, and the state and checkpoint it continues from (None when fresh).
+
+    ``warm_start`` holds the network weights a fresh run starts from (``train.warm_start``).
+    """
 
     epoch: int
     state: dict[str, Any] | None = None
     checkpoint: Path | None = None
     changed: list[str] = field(default_factory=list)
+    warm_start: dict[str, Any] | None = None
+
+
+def _check_architecture(path: Path, state: dict[str, Any], settings: Settings, what: str) -> None:
+    mismatch = architecture_mismatch(state["architecture"], architecture(settings))
+    if mismatch:
+        raise CheckpointError(
+            f"{path} was trained with another architecture, so it cannot {what}:\n  "
+            + "\n  ".join(mismatch)
+            + "\nRestore these settings, or start a fresh run with train.continue_train: false."
+        )
 
 
 def _load_resume_state(settings: Settings, paths: RunPaths) -> tuple[dict[str, Any], Path]:
@@ -73,13 +94,8 @@ def _load_resume_state(settings: Settings, paths: RunPaths) -> tuple[dict[str, A
         )
     path = find_checkpoint(Path(source), cfg.load_epoch)
     state = load_checkpoint(path)
-    mismatch = architecture_mismatch(state["architecture"], architecture(settings))
-    if mismatch:
-        raise CheckpointError(
-            f"{path} was trained with another architecture, so it cannot continue:\n  "
-            + "\n  ".join(mismatch)
-            + "\nRestore these settings, or start a fresh run with train.continue_train: false."
-        )
+    require_full_state(path, state)
+    _check_architecture(path, state, settings, "continue")
     return state, path
 
 
@@ -97,7 +113,7 @@ def set_aside_previous_run(paths: RunPaths) -> Path | None:
 
 def drop_epochs_after(paths: RunPaths, epoch: int) -> None:
     """Continuing this run from an earlier epoch: the later records belong to the branch it replaces."""
-    for number, path in list_checkpoints(paths.checkpoints).items():
+    for number, path in list_checkpoints(paths.snapshots).items():
         if number > epoch:
             path.unlink()
     if paths.examples.is_dir():
@@ -116,6 +132,11 @@ def start_point(settings: Settings, paths: RunPaths) -> StartPoint:
     run, or continuing from a checkpoint elsewhere) sets the folder's earlier run aside.
     """
     start = StartPoint(1)
+    if settings.train.warm_start is not None:
+        path = Path(settings.train.warm_start)
+        state = load_checkpoint(find_checkpoint(path, "latest"))
+        _check_architecture(path, state, settings, "warm-start this run")
+        start = StartPoint(1, warm_start=state)
     if settings.train.continue_train:
         state, path = _load_resume_state(settings, paths)
         start = StartPoint(
@@ -126,8 +147,11 @@ def start_point(settings: Settings, paths: RunPaths) -> StartPoint:
                 f"{path} is at epoch {state['epoch']} and the configured total is {settings.train.total_epochs} "
                 "(train.generator.epochs + epochs_decay): raise the total to train on"
             )
-    if start.checkpoint is not None and start.checkpoint.parent.resolve() == paths.checkpoints.resolve():
+    own_folders = (paths.checkpoints.resolve(), paths.snapshots.resolve())
+    if start.checkpoint is not None and start.checkpoint.parent.resolve() in own_folders:
         drop_epochs_after(paths, start.epoch - 1)
+        if start.checkpoint.resolve() != paths.latest.resolve():  # a full snapshot: it is the latest state now
+            write_atomic(paths.latest, lambda tmp: tmp.write_bytes(start.checkpoint.read_bytes()), durable=True)
         return start
     if start.checkpoint is not None and paths.previous.resolve() in start.checkpoint.resolve().parents:
         raise CheckpointError(

@@ -129,6 +129,12 @@ class GANStep:
             "opt_d": self.opt_d.state_dict(),
         }
 
+    def load_weights(self, state: dict[str, Any]) -> None:
+        """A warm start: the networks of a checkpoint or snapshot (D only when it holds one), fresh optimisers."""
+        self.generator.load_state_dict(state["generator"])
+        if "discriminator" in state:
+            self.discriminator.load_state_dict(state["discriminator"])
+
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore networks and optimiser moments; betas follow the current settings."""
         self.generator.load_state_dict(state["generator"])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -18,11 +19,11 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from nectargan_core.checkpoint import prune_checkpoints, save_checkpoint
+from nectargan_core.checkpoint import prune_checkpoints, save_checkpoint, snapshot_of
 from nectargan_core.data.dataset import PairedImageDataset
 from nectargan_core.data.transforms import PairTransform
 from nectargan_core.device import autocast_dtype, resolve_device
-from nectargan_core.files import compose_strip, save_image_atomic, write_json_atomic
+from nectargan_core.files import compose_strip, save_image_atomic, write_atomic, write_json_atomic
 from nectargan_core.layout import RunPaths, checkpoint_name, strip_name
 from nectargan_core.settings import Settings
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
@@ -134,6 +135,8 @@ def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> Tra
     start = start_point(settings, paths)
     if start.state is not None:
         step.load_state_dict(start.state)
+    if start.warm_start is not None:
+        step.load_weights(start.warm_start)
     last_checkpoint = start.checkpoint
 
     generator = torch.Generator()
@@ -177,10 +180,10 @@ def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> Tra
                 if loss_log is not None:
                     loss_log.flush()  # the log always reaches the newest checkpoint, even if killed later
                 _check_finite_weights(step, epoch, last_checkpoint)
-                last_checkpoint = _save(step, settings, epoch, paths)
+                last_checkpoint, snapshot = _save(step, settings, epoch, paths)
                 result.checkpoint = last_checkpoint
                 for cb in callbacks:
-                    cb.on_checkpoint(epoch, last_checkpoint)
+                    cb.on_checkpoint(epoch, last_checkpoint, snapshot)
     finally:
         if loss_log is not None:
             loss_log.flush()  # whatever is cached is written, also on error or Ctrl+C
@@ -270,16 +273,21 @@ def _save_examples(step: GANStep, examples: tuple[torch.Tensor, torch.Tensor], f
     ]
 
 
-def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths) -> Path:
-    path = save_checkpoint(
-        paths.checkpoints / checkpoint_name(epoch),
-        {
-            "epoch": epoch,
-            "seed": settings.seed,
-            "settings": settings.model_dump(mode="json"),
-            "architecture": architecture(settings),
-            **step.state_dict(),
-        },
-    )
-    prune_checkpoints(paths.checkpoints, settings.train.keep_checkpoints)
-    return path
+def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths) -> tuple[Path, Path]:
+    """Replace the rolling full state, write this epoch's snapshot, prune old snapshots."""
+    cfg = settings.train
+    state = {
+        "epoch": epoch,
+        "seed": settings.seed,
+        "settings": settings.model_dump(mode="json"),
+        "architecture": architecture(settings),
+        **step.state_dict(),
+    }
+    latest = save_checkpoint(paths.latest, snapshot_of(state, "full"))
+    snapshot = paths.snapshots / checkpoint_name(epoch)
+    if cfg.snapshot == "full":  # the same bytes as the full state: a second name, not a second copy
+        write_atomic(snapshot, lambda tmp: (tmp.unlink(), os.link(latest, tmp)))
+    else:
+        save_checkpoint(snapshot, snapshot_of(state, cfg.snapshot, cfg.snapshot_precision))
+    prune_checkpoints(paths.snapshots, cfg.keep_checkpoints)
+    return latest, snapshot
