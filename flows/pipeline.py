@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from nectargan_core.checkpoint import CheckpointError
+from nectargan_core.errors import describe_failure
 from nectargan_core.inference.evaluate import EvaluationResult
 from nectargan_core.inference.onnx import ExportResult
 from nectargan_core.settings import Settings, anchored, load_settings, with_changes
@@ -169,7 +170,8 @@ def pipeline(
         evaluation = evaluate_task(settings, tracker)
         exported = export_task(settings, tracker) if export_onnx else None
     except BaseException as exc:
-        create_markdown_artifact(f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {exc}\n", key="run-summary")
+        reason = describe_failure(exc) if isinstance(exc, Exception) else type(exc).__name__
+        create_markdown_artifact(f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {reason}\n", key="run-summary")
         raise
     create_markdown_artifact(_summary(trained, evaluation, settings), key="run-summary")
     get_run_logger().info("MLflow run %s, model version %s", trained.run_id, trained.model_version)

@@ -1,0 +1,1 @@
+"""NectarGAN Core: a pipeline-orchestrated trainer for Pix2pix-style conditional GANs (see README.md, Code map)."""

@@ -9,6 +9,7 @@ is stored. Mixed precision is bf16, which needs no grad scaler.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,7 +31,17 @@ class CheckpointError(ValueError):
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> Path:
     """Temp file in the same folder, fsync, then rename: a crash never leaves half a file."""
-    return write_atomic(path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp), durable=True)
+    try:
+        return write_atomic(
+            path, lambda tmp: torch.save({"format_version": FORMAT_VERSION, **state}, tmp), durable=True
+        )
+    except (OSError, RuntimeError) as exc:  # torch reports a full disk as a RuntimeError of its zip writer
+        free = shutil.disk_usage(path.parent).free / 2**20 if path.parent.is_dir() else 0.0
+        kept = "the previous file there is kept" if path.exists() else "nothing was written"
+        raise CheckpointError(
+            f"{path}: writing the checkpoint failed ({exc.__class__.__name__}); {free:,.0f} MiB are free in "
+            f"{path.parent}: free space (or point train.output_dir elsewhere) and continue; {kept}"
+        ) from None
 
 
 def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
@@ -43,11 +54,29 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc.__class__.__name__}: {exc})") from None
-    version = state.get("format_version") if isinstance(state, dict) else None
-    if version not in READABLE_VERSIONS:
-        raise CheckpointError(f"{path}: checkpoint format {version!r}, this version reads {READABLE_VERSIONS}")
+        raise CheckpointError(
+            f"{path}: not a readable checkpoint, truncated or of another kind ({exc.__class__.__name__}: {exc}). "
+            f"{_others(path)}"
+        ) from None
+    if not isinstance(state, dict) or "format_version" not in state:
+        keys = ", ".join(list(state)[:3]) + ", ..." if isinstance(state, dict) else type(state).__name__
+        raise CheckpointError(
+            f"{path}: not a nectargan checkpoint (no format_version; it holds {keys}, like a bare state_dict). "
+            f"{_others(path)}"
+        )
+    if state["format_version"] not in READABLE_VERSIONS:
+        raise CheckpointError(
+            f"{path}: checkpoint format {state['format_version']!r}, this version reads {READABLE_VERSIONS}"
+        )
     return state
+
+
+def _others(path: Path) -> str:
+    """What else a user could load instead of a bad file: the other checkpoints beside it."""
+    others = sorted(p.name for p in path.parent.glob("*.pt") if p != path) if path.parent.is_dir() else []
+    if not others:
+        return "No other checkpoint is beside it; retrain, or point at a good file."
+    return f"Beside it: {', '.join(others)}; point train.continue_from (or --model) at one of them."
 
 
 def contents(state: dict[str, Any]) -> Contents:
@@ -98,10 +127,13 @@ def find_checkpoint(source: Path, epoch: int | str) -> Path:
         return source
     run = RunPaths(source.parent if source.name == RunPaths(source).checkpoints.name else source)
     latest = run.latest if run.latest.is_file() else None
-    snapshots = list_checkpoints(run.snapshots)
+    # Snapshots of the run; or epoch files right in the folder given (a bare folder, or a run of
+    # the layout before latest.pt, whose checkpoints/ held epoch_NNNN.pt full states).
+    snapshots = list_checkpoints(run.snapshots) or list_checkpoints(source) or list_checkpoints(run.checkpoints)
     if latest is None and not snapshots:
         raise CheckpointError(
-            f"{source}: no checkpoints (checkpoints/{run.latest.name} or snapshots/{CHECKPOINT_PATTERN}); "
+            f"{source}: no checkpoints ({run.latest.relative_to(run.root)} or "
+            f"{run.snapshots.relative_to(run.root)}/{CHECKPOINT_PATTERN}); "
             "train first or point train.continue_from at a checkpoint file or a run folder"
         )
     if epoch == "latest":

@@ -17,7 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from nectargan_core.settings import Settings, SettingsError, load_settings
+from nectargan_core.errors import describe_failure
+from nectargan_core.settings import Settings, load_settings
 
 if TYPE_CHECKING:
     from nectargan_core.tracking.tracker import Tracker
@@ -226,7 +227,7 @@ def _cmd_disk(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     tracker = _tracker(settings)
-    rows, total = disk_report(settings, Path.cwd(), mlflow_rows(tracker.client, [tracker.experiment_id]))
+    rows, total = disk_report(settings, Path.cwd(), mlflow_rows(tracker))
     print(format_report(rows, total))
     return 0
 
@@ -253,6 +254,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nectargan", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("settings", help="validate the params file and list every setting with its meaning")
@@ -365,8 +367,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)
-    except (SettingsError, FileNotFoundError, ValueError, LookupError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {describe_failure(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted: cached losses were written; continue with -s train.continue_train=true", file=sys.stderr)

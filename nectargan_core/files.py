@@ -23,6 +23,15 @@ SPLITS = ("train", "val", "test")
 REQUIRED_SPLITS = ("train", "val")
 
 
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()  # read once at import: os.umask can only be read by setting it, process-wide
+
+
 # ---------------------------------------------------------------- atomic writes
 
 
@@ -36,9 +45,7 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
+    os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     try:
         yield tmp
@@ -46,6 +53,12 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
             with tmp.open("rb+") as handle:
                 os.fsync(handle.fileno())
         os.replace(tmp, path)
+        if durable:  # the rename itself reaches the disk with the folder's entry
+            folder = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(folder)
+            finally:
+                os.close(folder)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -92,6 +105,28 @@ def list_images(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if is_image_file(p))
+
+
+# Modes with more than 8 bits per channel: converting them to L or RGB clips (16-bit grey turns white).
+HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+
+
+def read_image(path: Path) -> Image.Image:
+    """The decoded image, or a ValueError that names the file and what to do (never PIL's traceback)."""
+    try:
+        with Image.open(path) as image:
+            loaded = image.copy()
+    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports bad files in all of these
+        raise ValueError(
+            f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
+            "(nectargan validate lists every such file)"
+        ) from None
+    if loaded.mode in HIGH_DEPTH_MODES:
+        raise ValueError(
+            f"{path}: a {loaded.mode} image (more than 8 bits per channel) would be clipped to 8 bits; "
+            "convert it to an 8-bit PNG or JPEG"
+        )
+    return loaded
 
 
 # ---------------------------------------------------------------- example strips

@@ -64,7 +64,7 @@ class RunPaths:
 
     @property
     def checkpoints(self) -> Path:
-        """Holds only ``latest.pt``: the stage output DVC versions."""
+        """Holds ``latest.pt``, the file DVC versions (a file output, so the cache can hard-link it)."""
         return self.root / "checkpoints"
 
     @property

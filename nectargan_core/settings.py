@@ -603,15 +603,38 @@ def settings_from_dict(tree: dict[str, Any], source: str = "<settings>") -> Sett
     return settings
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error, not 'the last wins'."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key}' appears twice in one mapping (lines {seen[key]} and {key_node.start_mark.line + 1}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_settings(path: Path | str = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Settings:
     """Read ``path`` (a YAML params file), apply ``key.sub=value`` overrides and validate."""
     path = Path(path)
     if not path.is_file():
         raise SettingsError(str(path), ["the params file does not exist; pass --params PATH or create it"])
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise SettingsError(str(path), [f"not valid YAML: {exc}"]) from None
+    if tree is None:
+        raise SettingsError(
+            str(path), ["the params file is empty; copy the project's params.yaml (every key with its default)"]
+        )
     if not isinstance(tree, dict):
         raise SettingsError(str(path), ["the top level must be a mapping of setting groups"])
     for override in overrides:

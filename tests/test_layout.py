@@ -60,13 +60,13 @@ def test_dvc_yaml_outputs_are_the_layout():
 
     assert outs("prepare") == {str(settings.sample.out)}
     assert outs("validate") == {str(validation.csv), str(validation.json)}
-    assert outs("train") == {str(p) for p in (run.checkpoints, run.examples, run.loss_log, run.summary, run.epochs)}
+    assert outs("train") == {str(p) for p in (run.latest, run.examples, run.loss_log, run.summary, run.epochs)}
     assert outs("examples") == {str(settings.outputs.examples)}
     assert outs("evaluate") == {str(evaluation.table), str(evaluation.metrics)}
     assert outs("export") == {str(onnx_path(settings)), str(parity_path(onnx_path(settings)))}
     assert str(validation.json) in _paths(stages["train"]["deps"])
     for stage in ("examples", "evaluate", "export"):
-        assert str(run.checkpoints) in _paths(stages[stage]["deps"]), stage
+        assert str(run.latest) in _paths(stages[stage]["deps"]), stage
 
 
 def test_stage_commands_take_their_paths_from_the_settings():

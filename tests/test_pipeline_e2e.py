@@ -145,7 +145,10 @@ def test_dvc_repro_runs_the_pipeline_and_tracks_it(project, tmp_path):
 
     assert len(list((project / "data" / "sample" / "train").glob("*.png"))) == 6
     assert json.loads((project / "outputs" / "validation" / "validation.json").read_text())["ok"] is True
-    assert [p.name for p in (project / "outputs" / "train" / "checkpoints").iterdir()] == ["latest.pt"]
+    assert sorted(p.name for p in (project / "outputs" / "train" / "checkpoints").iterdir()) == [
+        ".gitignore",
+        "latest.pt",
+    ]
     assert sorted(p.name for p in (project / "outputs" / "train" / "snapshots").iterdir()) == [
         "epoch_0001.pt",
         "epoch_0002.pt",

@@ -153,3 +153,14 @@ def test_discriminator_schedule_follows_generator_unless_separate():
     s = with_changes(s, {"train.separate_schedules": True})
     d = s.train.discriminator_schedule
     assert (d.epochs, d.initial, d.beta1) == (9, 2e-4, 0.9)
+
+
+def test_an_empty_params_file_or_a_key_given_twice_is_an_error(tmp_path):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("# nothing here\n")
+    with pytest.raises(SettingsError, match="the params file is empty"):
+        load_settings(empty)
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("train:\n  loss:\n    l1: 100\n    gan: 1\n    l1: 50\n")
+    with pytest.raises(SettingsError, match=r"key 'l1' appears twice in one mapping \(lines 3 and 5\)"):
+        load_settings(twice)

@@ -403,3 +403,44 @@ def test_appending_never_writes_through_a_hard_link(tmp_path):
     log.flush()
     assert cached.read_bytes() == before and path.read_bytes().startswith(before)
     assert path.stat().st_ino != cached.stat().st_ino and path.read_bytes().count(b"\n") == 1 + 2 + 2
+
+
+def test_setting_aside_never_replaces_an_unregistered_run(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 1}))  # A
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 2}))  # B: A goes to previous/
+    with pytest.raises(CheckpointError, match="never registered") as info:
+        train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))  # C would replace A
+    assert str(out / "previous") in str(info.value)
+    assert load_checkpoint(out / "previous" / "checkpoints" / "latest.pt")["epoch"] == 1  # A is intact
+    assert load_checkpoint(out / "checkpoints" / "latest.pt")["epoch"] == 2  # and so is B
+    summary = json.loads((out / "previous" / "summary.json").read_text())
+    (out / "previous" / "summary.json").write_text(json.dumps({**summary, "model_version": "1"}))
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))  # a registered A may be replaced
+    assert load_checkpoint(out / "previous" / "checkpoints" / "latest.pt")["epoch"] == 2
+
+
+def test_temp_files_of_a_killed_run_are_removed_at_the_next_start(sample_root, tmp_path):
+    out = tmp_path / "run"
+    train(tiny_settings(sample_root, out, **{"generator.epochs": 1}))
+    left = [out / "checkpoints" / ".latest.pt.k3x.tmp", out / "examples" / ".epoch_0002_sample_00.png.q1.tmp"]
+    for path in left:
+        path.write_bytes(b"half a file")
+    train(tiny_settings(sample_root, out, continue_train=True))
+    assert not any(p.exists() for p in left) and not list(out.rglob(".*.tmp"))
+
+
+def test_an_old_layout_run_folder_still_continues(sample_root, tmp_path):
+    """Runs from before latest.pt kept full states as checkpoints/epoch_NNNN.pt (format 1)."""
+    new = tmp_path / "new"
+    train(tiny_settings(sample_root, new))
+    old = tmp_path / "old" / "checkpoints"
+    old.mkdir(parents=True)
+    state = torch.load(new / "checkpoints" / "latest.pt", weights_only=True)
+    torch.save({**{k: v for k, v in state.items() if k != "contents"}, "format_version": 1}, old / "epoch_0002.pt")
+    result = train(
+        tiny_settings(
+            sample_root, tmp_path / "child", continue_train=True, continue_from=str(old), **{"generator.epochs": 3}
+        )
+    )
+    assert result.start_epoch == 3

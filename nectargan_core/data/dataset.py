@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from nectargan_core.files import list_images
+from nectargan_core.files import list_images, read_image
 from nectargan_core.settings import DataSettings
 
 PairTransform = Callable[[Image.Image, Image.Image], tuple[torch.Tensor, torch.Tensor]]
@@ -56,14 +56,12 @@ def _mode(channels: int) -> str:
 
 def load_pair(files: PairFiles, data: DataSettings) -> tuple[Image.Image, Image.Image]:
     """(input, target) in the configured direction, converted to the configured channel modes."""
-    with Image.open(files.a) as img:
-        first = img.copy()
+    first = read_image(files.a)
     if files.b is None:
         half = first.width // 2
         a, b = first.crop((0, 0, half, first.height)), first.crop((half, 0, 2 * half, first.height))
     else:
-        with Image.open(files.b) as img:
-            a, b = first, img.copy()
+        a, b = first, read_image(files.b)
     if data.direction == "BtoA":
         a, b = b, a
     return a.convert(_mode(data.input_channels)), b.convert(_mode(data.output_channels))

@@ -17,7 +17,7 @@ import pandera.pandas as pa
 from PIL import Image
 
 from nectargan_core.data.dataset import split_layout
-from nectargan_core.files import REQUIRED_SPLITS, SPLITS, atomic_path, list_images, write_json_atomic
+from nectargan_core.files import HIGH_DEPTH_MODES, REQUIRED_SPLITS, SPLITS, atomic_path, list_images, write_json_atomic
 from nectargan_core.layout import ValidationPaths
 from nectargan_core.settings import DataSettings
 
@@ -164,6 +164,13 @@ def _rules(data: DataSettings) -> dict[str, tuple[pa.Check, str]]:
             ),
             f"image mode does not have the configured channels (A: {a_channels}, B: {b_channels}); convert the "
             "file or change data.input_channels / data.output_channels",
+        ),
+        "eight_bit": (
+            check(
+                lambda df: ~readable(df) | ~(df["mode"].isin(HIGH_DEPTH_MODES) | b_mode(df).isin(HIGH_DEPTH_MODES)),
+                "eight_bit",
+            ),
+            "more than 8 bits per channel (16-bit or float) would be clipped to 8 bits: convert to 8-bit PNG/JPEG",
         ),
         "large_enough": (
             check(

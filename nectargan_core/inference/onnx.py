@@ -18,7 +18,7 @@ from torch.export import Dim
 
 from nectargan_core.data.dataset import PairedImageDataset
 from nectargan_core.data.transforms import PairTransform
-from nectargan_core.files import write_json_atomic
+from nectargan_core.files import write_atomic, write_json_atomic
 from nectargan_core.inference.generator import TrainedGenerator, load_generator
 from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings
@@ -40,7 +40,13 @@ class ExportResult:
 
 def onnx_metadata(path: Path) -> dict[str, int]:
     """The metadata written at export (channels, crop size, side multiple)."""
-    props = {p.key: p.value for p in onnx.load(str(path), load_external_data=False).metadata_props}
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # protobuf's DecodeError and friends: the file is no ONNX model
+        raise ValueError(
+            f"{path}: not a readable ONNX file ({exc.__class__.__name__}); export it again with `nectargan export`"
+        ) from None
+    props = {p.key: p.value for p in model.metadata_props}
     if "nectargan" not in props:
         raise ValueError(
             f"{path}: not exported by nectargan (no 'nectargan' metadata); export it with `nectargan export`"
@@ -54,20 +60,7 @@ def export_onnx(checkpoint: Path, out_path: Path, opset: int = 18) -> tuple[Path
     data = trained.settings.data
     size = data.crop_size
     example = torch.zeros(1, data.input_channels, size, size)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
     dynamic = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
-    torch.onnx.export(
-        trained.generator,
-        (example,),
-        str(out_path),
-        input_names=["input"],
-        output_names=["output"],
-        opset_version=opset,
-        dynamic_shapes={"x": dynamic},
-        dynamo=True,
-        external_data=False,
-    )
-    model = onnx.load(str(out_path))
     meta = {
         "input_channels": data.input_channels,
         "output_channels": data.output_channels,
@@ -75,8 +68,24 @@ def export_onnx(checkpoint: Path, out_path: Path, opset: int = 18) -> tuple[Path
         "side_multiple": trained.side_multiple,
         "epoch": trained.epoch,
     }
-    onnx.helper.set_model_props(model, {"nectargan": json.dumps(meta)})
-    onnx.save(model, str(out_path))
+
+    def write(tmp: Path) -> None:  # a new file renamed into place: never written through a DVC cache link
+        torch.onnx.export(
+            trained.generator,
+            (example,),
+            str(tmp),
+            input_names=["input"],
+            output_names=["output"],
+            opset_version=opset,
+            dynamic_shapes={"x": dynamic},
+            dynamo=True,
+            external_data=False,
+        )
+        model = onnx.load(str(tmp))
+        onnx.helper.set_model_props(model, {"nectargan": json.dumps(meta)})
+        onnx.save(model, str(tmp))
+
+    write_atomic(out_path, write)
     return out_path, trained
 
 

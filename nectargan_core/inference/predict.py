@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from nectargan_core.files import IMAGE_SUFFIXES, list_images, save_image_atomic, to_uint8_rgb
+from nectargan_core.files import IMAGE_SUFFIXES, list_images, read_image, save_image_atomic, to_uint8_rgb
 from nectargan_core.inference.generator import load_generator
 from nectargan_core.inference.onnx import onnx_metadata
 
@@ -106,7 +106,6 @@ def predict_folder(
     run, info = runner
     written = []
     for path in tqdm(files, desc="predict", unit="image", disable=None):
-        with Image.open(path) as image:
-            result = predict_image(image, run, info, mode)
+        result = predict_image(read_image(path), run, info, mode)
         written.append(save_image_atomic(result, out_dir / f"{path.stem}.png"))
     return written

@@ -8,12 +8,16 @@ entry are one file, and the total says so.
 from __future__ import annotations
 
 import configparser
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from nectargan_core.layout import RunPaths
 from nectargan_core.settings import Settings
+
+if TYPE_CHECKING:
+    from nectargan_core.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)
@@ -68,14 +72,13 @@ def _artifact_bytes(list_artifacts, uri: str) -> tuple[int, int]:
     return files, size
 
 
-def mlflow_rows(client, experiment_ids: Iterable[str]) -> list[DiskRow]:
-    """One row per run: its artifacts plus the logged models it produced."""
+def mlflow_rows(tracker: Tracker) -> list[DiskRow]:
+    """One row per run of the experiment: its artifacts plus the logged models it produced."""
     import mlflow
 
     rows = []
-    ids = list(experiment_ids)
-    models = client.search_logged_models(experiment_ids=ids) if ids else []
-    for run in client.search_runs(ids, max_results=10_000) if ids else []:
+    models = tracker.logged_models(tracker.experiment_id)
+    for run in tracker.client.search_runs([tracker.experiment_id], max_results=10_000):
         files, size = _artifact_bytes(mlflow.artifacts.list_artifacts, run.info.artifact_uri)
         for model in (m for m in models if m.source_run_id == run.info.run_id):
             model_files, model_size = _artifact_bytes(mlflow.artifacts.list_artifacts, model.artifact_location)

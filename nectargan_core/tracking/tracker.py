@@ -125,6 +125,16 @@ class Tracker:
         if samples.is_dir():  # the report links the strips by this folder's name
             self.client.log_artifacts(run_id, str(samples), f"{EVALUATION_ARTIFACT}/{samples.name}")
 
+    def logged_models(self, experiment_id: str, run_id: str | None = None) -> list:
+        """Every logged model of the experiment (page by page), or those one run produced."""
+        models, token = [], None
+        while True:
+            page = self.client.search_logged_models(experiment_ids=[experiment_id], page_token=token)
+            models += [m for m in page if run_id is None or m.source_run_id == run_id]
+            token = page.token
+            if not token:
+                return models
+
     def forget_runs(self, run_ids: list[str]) -> list[str]:
         """Delete runs with their registered versions and logged models (MLflow's soft delete: ``mlflow gc``
         then frees the bytes). Returns what was deleted, one line each."""
@@ -134,8 +144,7 @@ class Tracker:
             for version in self.client.search_model_versions(f"run_id='{run_id}'"):
                 self.client.delete_model_version(version.name, version.version)
                 done.append(f"registered {version.name} version {version.version}")
-            models = self.client.search_logged_models(experiment_ids=[run.info.experiment_id])
-            for model in (m for m in models if m.source_run_id == run_id):
+            for model in self.logged_models(run.info.experiment_id, run_id):
                 self.client.delete_logged_model(model.model_id)
                 done.append(f"logged model {model.model_id}")
             self.client.delete_run(run_id)

@@ -7,6 +7,7 @@ moves them to ``previous/``, so a forgotten ``continue_train`` costs nothing.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -99,11 +100,30 @@ def _load_resume_state(settings: Settings, paths: RunPaths) -> tuple[dict[str, A
     return state, path
 
 
+def _registered(summary: Path) -> bool:
+    """Whether a run's summary says its final state is a registered model version (so safe elsewhere)."""
+    try:
+        return bool(json.loads(summary.read_text()).get("model_version"))
+    except (OSError, ValueError):
+        return False
+
+
 def set_aside_previous_run(paths: RunPaths) -> Path | None:
-    """Move an earlier run's outputs to ``output_dir/previous/`` (replacing an older one there)."""
+    """Move an earlier run's outputs to ``output_dir/previous/``.
+
+    An older run already there is replaced only when it was registered (its final state lives in
+    the registry); otherwise nothing is moved and the error names it, so no run is ever lost.
+    """
     present = [p for p in paths.records if p.exists()]
     if not present:
         return None
+    occupied = paths.previous.is_dir() and any(paths.previous.iterdir())
+    if occupied and not _registered(RunPaths(paths.previous).summary):
+        raise CheckpointError(
+            f"{paths.previous} holds an earlier run that was never registered, and this fresh run would "
+            f"replace it with the run now in {paths.root}: move {paths.previous} out of {paths.root} (or "
+            "delete it), or continue the run with train.continue_train: true. Nothing was moved."
+        )
     shutil.rmtree(paths.previous, ignore_errors=True)
     paths.previous.mkdir(parents=True)
     for path in present:
@@ -125,15 +145,30 @@ def drop_epochs_after(paths: RunPaths, epoch: int) -> None:
     truncate_after(paths.epochs, epoch)
 
 
+def remove_stale_temp_files(paths: RunPaths) -> list[Path]:
+    """Temp files a killed run left behind (an atomic write that never got to its rename)."""
+    folders = (paths.root, paths.checkpoints, paths.snapshots, paths.examples)
+    stale = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
+    for path in stale:
+        path.unlink()
+    return stale
+
+
 def start_point(settings: Settings, paths: RunPaths) -> StartPoint:
     """Decide where training starts and make the output folder agree with it.
 
     Continuing in the run's own folder drops the records of later epochs; anything else (a fresh
     run, or continuing from a checkpoint elsewhere) sets the folder's earlier run aside.
     """
+    remove_stale_temp_files(paths)
     start = StartPoint(1)
     if settings.train.warm_start is not None:
         path = Path(settings.train.warm_start)
+        if paths.previous.resolve() in path.resolve().parents:
+            raise CheckpointError(
+                f"train.warm_start={path} lies in {paths.previous}, which this run would replace; copy it out of "
+                f"{paths.root} first"
+            )
         state = load_checkpoint(find_checkpoint(path, "latest"))
         _check_architecture(path, state, settings, "warm-start this run")
         start = StartPoint(1, warm_start=state)

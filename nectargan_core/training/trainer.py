@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -273,6 +274,15 @@ def _save_examples(step: GANStep, examples: tuple[torch.Tensor, torch.Tensor], f
     ]
 
 
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system has them, else a copy."""
+    target.unlink()
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
 def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths) -> tuple[Path, Path]:
     """Replace the rolling full state, write this epoch's snapshot, prune old snapshots."""
     cfg = settings.train
@@ -286,7 +296,7 @@ def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths) -> tup
     latest = save_checkpoint(paths.latest, snapshot_of(state, "full"))
     snapshot = paths.snapshots / checkpoint_name(epoch)
     if cfg.snapshot == "full":  # the same bytes as the full state: a second name, not a second copy
-        write_atomic(snapshot, lambda tmp: (tmp.unlink(), os.link(latest, tmp)))
+        write_atomic(snapshot, lambda tmp: _link_or_copy(latest, tmp))
     else:
         save_checkpoint(snapshot, snapshot_of(state, cfg.snapshot, cfg.snapshot_precision))
     prune_checkpoints(paths.snapshots, cfg.keep_checkpoints)

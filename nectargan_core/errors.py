@@ -1,0 +1,51 @@
+"""One clear line for every failure a user can cause or meet: what, which file or key, what to do.
+
+The CLI prints it (a traceback only with ``--debug``) and the Prefect flow reports it, so both
+say the same thing.
+"""
+
+from __future__ import annotations
+
+import errno
+import shutil
+from pathlib import Path
+
+# Our own errors already name the file or key and what to do: they are shown as they are.
+_CLEAR = (ValueError, LookupError, RuntimeError)
+
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is full: free space there (nothing written before was lost) and run again",
+    errno.EDQUOT: "the disk quota is used up: free space there and run again",
+    errno.EROFS: "the file system is read-only: point the setting at a writable folder",
+    errno.EACCES: "permission denied: make it writable for this user, or point the setting elsewhere",
+    errno.EPERM: "not permitted: make it writable for this user, or point the setting elsewhere",
+    errno.ENOTDIR: "a part of the path is a file, not a folder: choose another folder",
+    errno.EISDIR: "it is a folder where a file was expected: remove it or choose another path",
+}
+
+
+def _free_space(path: str | None) -> str:
+    folder = Path(path).parent if path else None
+    while folder is not None and not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if folder is None:
+        return ""
+    try:
+        return f" ({shutil.disk_usage(folder).free / 2**20:,.0f} MiB free in {folder})"
+    except OSError:
+        return ""
+
+
+def describe_failure(exc: BaseException) -> str:
+    """The message for ``exc``: as it is for our errors, with the path and advice for the system's."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+        where = exc.filename or "a file"
+        advice = _OS_ADVICE.get(exc.errno or 0, "check the path and the disk")
+        space = _free_space(exc.filename) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return f"{where}: {exc.strerror or exc}; {advice}{space}"
+    if isinstance(exc, (FileNotFoundError, *_CLEAR)):
+        return str(exc)
+    name = type(exc).__name__
+    if type(exc).__module__.startswith(("mlflow", "sqlalchemy")):
+        return f"the tracking store failed ({name}: {exc}); check tracking.uri and that its server or database works"
+    return f"unexpected {name}: {exc} (run again with --debug for the traceback, and report it)"

@@ -1,0 +1,134 @@
+"""Bad input and faults through the real `nectargan` entry point (in-process): each ends with exit code 2
+and one line that names the file or key, never a traceback, and nothing written earlier is lost."""
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nectargan_core.cli import main
+from nectargan_core.errors import describe_failure
+from nectargan_core.settings import SettingsError
+
+from .helpers import tiny_settings
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def project(sample_root, tmp_path_factory):
+    """A project folder with a trained tiny run and its params file."""
+    base = tmp_path_factory.mktemp("faults")
+    settings = tiny_settings(sample_root, base / "outputs" / "train")
+    params = base / "params.yaml"
+    params.write_text(json.dumps(settings.model_dump(mode="json")))
+    cwd = Path.cwd()
+    os.chdir(base)
+    try:
+        assert main(["train", "--params", str(params), "-s", "train.generator.epochs=1"]) == 0
+    finally:
+        os.chdir(cwd)
+    return base, params
+
+
+def _fail(capsys, args: list[str], *needles: str) -> str:
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    assert any(line.startswith("error: ") for line in err.splitlines()), err
+    for needle in needles:
+        assert needle in err, (needle, err)
+    return err
+
+
+def _file(path: Path, content: bytes) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(content)
+    return path
+
+
+def test_params_problems(tmp_path, capsys):
+    _fail(capsys, ["settings", "--params", str(_file(tmp_path / "e.yaml", b""))], "e.yaml", "is empty")
+    twice = _file(tmp_path / "t.yaml", b"seed: 1\nseed: 2\n")
+    _fail(capsys, ["settings", "--params", str(twice)], "t.yaml", "key 'seed' appears twice")
+    _fail(capsys, ["settings", "--params", str(tmp_path / "missing.yaml")], "missing.yaml", "does not exist")
+    _fail(capsys, ["settings", "--params", str(ROOT / "params.yaml"), "-s", "train.loss.l3=1"], "train.loss.l3")
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("zero.pt", b"", "not a readable checkpoint"),
+        ("truncated.pt", b"PK\x03\x04 not really a zip", "not a readable checkpoint"),
+    ],
+)
+def test_unreadable_checkpoints_name_the_file_and_the_others(project, tmp_path, capsys, name, content, needle):
+    base, params = project
+    bad = _file(base / "outputs" / "train" / "snapshots" / name, content)
+    err = _fail(capsys, ["predict", "--params", str(params), "--model", str(bad), "--input", str(tmp_path)], needle)
+    assert str(bad) in err and "epoch_0001.pt" in err  # the good snapshot beside it is offered
+    bad.unlink()
+
+
+def test_a_bare_state_dict_is_not_a_checkpoint(project, tmp_path, capsys):
+    _base, params = project
+    bare = tmp_path / "weights.pt"
+    torch.save({"downs.0.weight": torch.zeros(1)}, bare)
+    _fail(capsys, ["predict", "--params", str(params), "--model", str(bare), "--input", str(tmp_path)], str(bare))
+
+
+def test_bad_images_among_the_inputs_and_a_corrupt_onnx(project, tmp_path, capsys):
+    base, params = project
+    model = base / "outputs" / "train" / "checkpoints" / "latest.pt"
+    inputs = tmp_path / "in"
+    Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(_file(inputs / "good.png", b""))
+    text = _file(inputs / "notes.png", b"this is text, not a PNG")
+    args = ["predict", "--params", str(params), "--model", str(model), "--input", str(inputs)]
+    _fail(capsys, [*args, "--out", str(tmp_path / "out")], str(text), "not a readable image")
+    text.unlink()
+    Image.fromarray(np.full((16, 16), 60000, np.uint16)).save(deep := inputs / "deep.png")
+    _fail(capsys, [*args, "--out", str(tmp_path / "out")], str(deep), "more than 8 bits")
+    deep.unlink()
+    onnx = _file(tmp_path / "broken.onnx", b"\x00\x01garbage")
+    _fail(capsys, ["predict", "--params", str(params), "--model", str(onnx), "--input", str(inputs)], str(onnx))
+
+
+def test_output_dir_under_a_regular_file(project, capsys, monkeypatch):
+    base, params = project
+    monkeypatch.chdir(base)
+    blocker = _file(base / "blocker", b"a file")
+    before = (base / "outputs" / "train" / "checkpoints" / "latest.pt").read_bytes()
+    _fail(
+        capsys,
+        ["train", "--params", str(params), "-s", f"train.output_dir={blocker / 'run'}", "-s", "tracking.uri=null"],
+        str(blocker),
+        "not a folder",
+    )
+    assert (base / "outputs" / "train" / "checkpoints" / "latest.pt").read_bytes() == before  # nothing lost
+
+
+def test_tracking_store_problems(project, tmp_path, capsys):
+    _base, params = project
+    _fail(capsys, ["compare", "--params", str(params), "-s", "tracking.uri=nope://x"], "tracking")
+    corrupt = _file(tmp_path / "mlflow.db", b"this is not a database" * 100)
+    _fail(capsys, ["compare", "--params", str(params), "-s", f"tracking.uri=sqlite:///{corrupt}"], "tracking")
+
+
+def test_a_full_disk_names_the_folder_and_the_free_space():
+    error = OSError(28, "No space left on device", "/data/run/checkpoints/.latest.pt.x.tmp")
+    line = describe_failure(error)
+    assert line.startswith("/data/run/checkpoints/.latest.pt.x.tmp: No space left on device; the disk is full")
+    assert "nothing written before was lost" in line
+
+
+def test_an_unexpected_error_points_at_debug(capsys):
+    assert "run again with --debug" in describe_failure(ZeroDivisionError("boom"))
+    with pytest.raises(SystemExit):  # argparse's own usage errors stay argparse's
+        main(["no-such-command"])
+    capsys.readouterr()
+    with pytest.raises(SettingsError):  # --debug lets the real exception (and its traceback) through
+        main(["--debug", "settings", "--params", "/nonexistent/params.yaml"])
