@@ -6,9 +6,13 @@ An atomic write goes to a temp file in the target's folder and is renamed over i
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import sys
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -91,6 +95,42 @@ def save_image_atomic(image: Image.Image | np.ndarray, path: Path) -> Path:
     pil = Image.fromarray(image) if isinstance(image, np.ndarray) else image
     fmt = Image.registered_extensions().get(path.suffix.lower(), "PNG")
     return write_atomic(path, lambda tmp: pil.save(tmp, format=fmt))
+
+
+# ---------------------------------------------------------------- locks
+
+
+class Locked(RuntimeError):
+    """Another process holds the lock; the message names it."""
+
+
+@contextmanager
+def held_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
+    """An exclusive lock on ``path`` for as long as the block runs (``fcntl.flock``: the system
+    releases it when its process dies, so a killed holder never leaves a stale lock).
+
+    Without ``wait`` a held lock raises ``Locked`` naming the holder (pid, host, since when, command).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise Locked(
+                f"{what} is in use by {holder} (lock {path}); wait for it to finish, or use another folder"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}: {' '.join(sys.argv)}")
+        handle.flush()
+        try:
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 # ---------------------------------------------------------------- image files

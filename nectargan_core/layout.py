@@ -26,6 +26,7 @@ from pathlib import Path
 from nectargan_core.settings import Settings
 
 LATEST_NAME = "latest.pt"
+LOCK_NAME = ".nectargan.lock"
 CHECKPOINT_PATTERN = "epoch_NNNN.pt"
 STRIP_PATTERN = "epoch_NNNN_sample_KK.png"
 _CHECKPOINT = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -98,6 +99,11 @@ class RunPaths:
     @property
     def parent(self) -> Path:
         return self.root / "parent"
+
+    @property
+    def lock(self) -> Path:
+        """Held while a process trains into this folder: one writer at a time."""
+        return self.root / LOCK_NAME
 
     @property
     def records(self) -> tuple[Path, ...]:

@@ -84,12 +84,16 @@ def train_stage(
     tags: dict[str, str] | None = None,
     parent: RegisteredCheckpoint | None = None,
 ) -> TrainStageResult:
-    """Train in a new MLflow run and register the final checkpoint.
+    """Train in an MLflow run and register the final checkpoint.
 
     ``train.continue_from`` may name a registered model (``models:/NAME@ALIAS`` or
     ``models:/NAME/VERSION``): it is fetched here unless the caller passes it as ``parent``
     (the Prefect flow fetches in a task of its own, with retries). The run records the URI as
     configured and is tagged with the parent version and run.
+
+    Continuing a local run that was interrupted (its tracking run did not finish, the settings
+    are the same) reopens that tracking run, so one training keeps one metric history; a run
+    already at its total only finishes (it is registered if it was not yet).
     """
     from nectargan_core.tracking.callback import MLflowCallback
     from nectargan_core.tracking.provenance import run_tags
@@ -102,13 +106,18 @@ def train_stage(
     if parent is not None:
         run_settings = with_changes(settings, {"train.continue_from": str(parent.checkpoint)})
         all_tags |= {"parent_model": parent.uri, "parent_model_version": parent.version, "parent_run_id": parent.run_id}
+    reopen = _interrupted_run(settings, tracker, paths) if parent is None else None
+    if reopen is not None:
+        all_tags = {"continued": "true"}  # the run's own tags stay; its params are the same settings
 
-    with tracker.start_run(all_tags, settings.tracking.system_metrics) as run_id:
-        tracker.log_settings(run_id, settings)
+    registered = _registered(paths.summary)  # read before training rewrites the summary
+    with tracker.start_run(all_tags, settings.tracking.system_metrics, run_id=reopen) as run_id:
+        if reopen is None:
+            tracker.log_settings(run_id, settings)
         recorder = MLflowCallback(tracker, run_id, settings.tracking.log_checkpoints)
-        result = train(run_settings, [*callbacks, recorder])
-        version = None
-        if result.checkpoint is not None and result.last_epoch >= result.start_epoch:
+        result = train(run_settings, [*callbacks, recorder], run={"mlflow_run_id": run_id})
+        version = registered.get(result.last_epoch) if not result.history else None
+        if result.checkpoint is not None and version is None:
             version = register_model(tracker, run_id, result.checkpoint, settings, project_dir)
         _update_summary(
             paths.summary,
@@ -117,10 +126,46 @@ def train_stage(
                 "tracking_uri": tracker.uri,
                 "registered_model": settings.tracking.registered_model,
                 "model_version": version,
+                "registered_epoch": result.last_epoch if version else None,
                 **{k: v for k, v in all_tags.items() if k.startswith("parent_")},
             },
         )
     return TrainStageResult(run_id, result.checkpoint, result.last_epoch, version, paths.summary)
+
+
+def _registered(summary: Path) -> dict[int, str]:
+    """{epoch: version} this run folder registered (so a finished run is not registered twice)."""
+    recorded = json.loads(summary.read_text()) if summary.exists() else {}
+    epoch, version = recorded.get("registered_epoch"), recorded.get("model_version")
+    return {epoch: version} if epoch is not None and version else {}
+
+
+def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths) -> str | None:
+    """The tracking run a local continue should reopen: the one in the checkpoint, if it never finished
+    and had these settings. A dead run that is not reopened is marked KILLED, never left RUNNING."""
+    from nectargan_core.checkpoint import CheckpointError, load_checkpoint
+    from nectargan_core.files import Locked, held_lock
+    from nectargan_core.tracking.tracker import settings_params
+
+    cfg = settings.train
+    if not cfg.continue_train or (cfg.continue_from or "").startswith("models:/"):
+        return None
+    try:
+        with held_lock(paths.lock, f"train.output_dir {paths.root}"):  # no live trainer owns that run
+            checkpoint = find_checkpoint(Path(cfg.continue_from or paths.checkpoints), cfg.load_epoch)
+            run_id = load_checkpoint(checkpoint, mmap=True).get("run", {}).get("mlflow_run_id")
+    except (CheckpointError, Locked):
+        return None  # the trainer reports these with the full story
+    run = tracker.run(run_id) if run_id else None
+    if run is None or run.info.status == "FINISHED":
+        return None
+    continue_keys = ("train.continue_train", "train.load_epoch", "train.continue_from")
+    now = {k: v for k, v in settings_params(settings).items() if k not in continue_keys}
+    if {k: v for k, v in run.data.params.items() if k not in continue_keys} == now:
+        return run_id
+    if run.info.status == "RUNNING":
+        tracker.client.set_terminated(run_id, "KILLED")
+    return None
 
 
 def _training_run_id(settings: Settings) -> str:

@@ -12,7 +12,11 @@ from PIL import Image
 
 from nectargan_core.cli import main
 from nectargan_core.errors import describe_failure
-from nectargan_core.settings import SettingsError
+from nectargan_core.files import held_lock
+from nectargan_core.settings import SettingsError, with_changes
+from nectargan_core.stages import train_stage
+from nectargan_core.tracking.tracker import Tracker
+from nectargan_core.training.callbacks import TrainingCallback
 
 from .helpers import tiny_settings
 
@@ -132,3 +136,68 @@ def test_an_unexpected_error_points_at_debug(capsys):
     capsys.readouterr()
     with pytest.raises(SettingsError):  # --debug lets the real exception (and its traceback) through
         main(["--debug", "settings", "--params", "/nonexistent/params.yaml"])
+
+
+class InterruptAt(TrainingCallback):
+    """Ctrl+C at a chosen point: after an epoch's checkpoint, or after training, before registration."""
+
+    def __init__(self, epoch: int | None = None) -> None:
+        self.epoch = epoch
+
+    def on_checkpoint(self, epoch, latest, snapshot):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt
+
+    def on_train_end(self, last_epoch, checkpoint):
+        if self.epoch is None:
+            raise KeyboardInterrupt
+
+
+def _tracked(sample_root, tmp_path, **train):
+    settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", **train)
+    return settings, Tracker.connect(settings.tracking, tmp_path)
+
+
+def test_an_interrupted_run_is_killed_then_reopened_by_the_continue(sample_root, tmp_path):
+    settings, tracker = _tracked(sample_root, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(settings, tracker, tmp_path, [InterruptAt(1)])
+    (run,) = tracker.client.search_runs([tracker.experiment_id])
+    assert run.info.status == "KILLED"  # never left RUNNING
+    result = train_stage(with_changes(settings, {"train.continue_train": True}), tracker, tmp_path)
+    assert result.run_id == run.info.run_id  # one training, one run
+    reopened = tracker.client.get_run(result.run_id)
+    assert reopened.info.status == "FINISHED" and reopened.data.tags["continued"] == "true"
+    assert [m.step for m in tracker.client.get_metric_history(result.run_id, "loss/g")] == [1, 2]
+    assert result.model_version == "1"
+
+
+def test_a_run_killed_before_registration_is_finished_by_the_continue(sample_root, tmp_path):
+    settings, tracker = _tracked(sample_root, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(settings, tracker, tmp_path, [InterruptAt(None)])  # after the final checkpoint
+    assert not tracker.client.search_registered_models()
+    again = with_changes(settings, {"train.continue_train": True})
+    result = train_stage(again, tracker, tmp_path)
+    assert result.last_epoch == 2 and result.model_version == "1"
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == 1
+    assert train_stage(again, tracker, tmp_path).model_version == "1"  # finished: not registered twice
+
+
+def test_a_dead_run_with_other_settings_is_marked_killed(sample_root, tmp_path):
+    settings, tracker = _tracked(sample_root, tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        train_stage(settings, tracker, tmp_path, [InterruptAt(1)])
+    (dead,) = tracker.client.search_runs([tracker.experiment_id])
+    tracker.client.update_run(dead.info.run_id, "RUNNING")  # as kill -9 leaves it
+    changed = with_changes(settings, {"train.continue_train": True, "train.loss.l1": 50.0})
+    result = train_stage(changed, tracker, tmp_path)
+    assert result.run_id != dead.info.run_id
+    assert tracker.client.get_run(dead.info.run_id).info.status == "KILLED"
+
+
+def test_one_writer_per_output_folder(project, capsys):
+    base, params = project
+    with held_lock(base / "outputs" / "train" / ".nectargan.lock", "test"):
+        err = _fail(capsys, ["train", "--params", str(params)], "is in use by pid", ".nectargan.lock")
+    assert f"pid {os.getpid()}" in err

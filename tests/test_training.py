@@ -275,11 +275,16 @@ def test_loss_log_is_appended_every_dump_frequency_epochs(sample_root, tmp_path)
         assert {int(row["epoch"]) for row in csv.DictReader(handle)} == {1, 2, 3}
 
 
-def test_continuing_past_the_total_is_an_error(sample_root, tmp_path):
+def test_continuing_at_the_total_finishes_and_past_it_is_an_error(sample_root, tmp_path):
     out = tmp_path / "run"
     train(tiny_settings(sample_root, out))
-    with pytest.raises(CheckpointError, match="at epoch 2 and the configured total is 2"):
-        train(tiny_settings(sample_root, out, continue_train=True))
+    before = (out / "checkpoints" / "latest.pt").read_bytes()
+    finished = train(tiny_settings(sample_root, out, continue_train=True))  # e.g. killed before registering
+    assert (finished.start_epoch, finished.last_epoch, finished.history) == (3, 2, [])
+    assert finished.checkpoint == out / "checkpoints" / "latest.pt" and finished.checkpoint.read_bytes() == before
+    assert json.loads((out / "summary.json").read_text())["last_epoch"] == 2
+    with pytest.raises(CheckpointError, match="at epoch 2, past the configured total of 1"):
+        train(tiny_settings(sample_root, out, continue_train=True, **{"generator.epochs": 1}))
 
 
 def test_data_loader_workers_keep_continue_exact(sample_root, tmp_path):

@@ -9,15 +9,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param
+from mlflow.entities import Metric, Param, Run
+from mlflow.exceptions import MlflowException
 
+from nectargan_core.files import held_lock
 from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted
 from nectargan_core.tracking.provenance import file_md5
@@ -56,6 +58,13 @@ def _artifact_location(uri: str) -> str | None:
     return None  # a server decides
 
 
+def _sqlite_lock(uri: str) -> AbstractContextManager[None]:
+    if not uri.startswith("sqlite:///"):
+        return nullcontext()
+    database = Path(uri.removeprefix("sqlite:///"))
+    return held_lock(database.with_name(database.name + ".lock"), f"the MLflow store {database}", wait=True)
+
+
 def settings_params(settings: Settings) -> dict[str, str]:
     """Every setting under its dotted params.yaml name, as MLflow param strings."""
     flat = flatten_dotted(settings.model_dump(mode="json"))
@@ -87,20 +96,41 @@ class Tracker:
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         client = MlflowClient(uri, uri)
-        found = client.get_experiment_by_name(cfg.experiment)
-        if found is not None:
-            experiment_id = found.experiment_id
-        else:
-            experiment_id = client.create_experiment(cfg.experiment, artifact_location=_artifact_location(uri))
+        # A new SQLite store is created (its tables migrated) on first use: one process at a time.
+        with _sqlite_lock(uri):
+            found = client.get_experiment_by_name(cfg.experiment)
+            if found is not None:
+                experiment_id = found.experiment_id
+            else:
+                experiment_id = client.create_experiment(cfg.experiment, artifact_location=_artifact_location(uri))
         return cls(client, uri, cfg.experiment, experiment_id)
 
     # ------------------------------------------------------------ training runs
 
     @contextmanager
-    def start_run(self, tags: dict[str, str], system_metrics: bool) -> Iterator[str]:
-        """A new run of the experiment (FAILED when the block raises); yields its id."""
-        with mlflow.start_run(experiment_id=self.experiment_id, tags=tags, log_system_metrics=system_metrics) as run:
-            yield run.info.run_id
+    def start_run(self, tags: dict[str, str], system_metrics: bool, run_id: str | None = None) -> Iterator[str]:
+        """A new run of the experiment, or ``run_id`` reopened; yields its id. It ends FINISHED, FAILED
+        when the block raises, or KILLED when it is interrupted (Ctrl+C, SIGTERM)."""
+        with mlflow.start_run(
+            run_id=run_id,
+            experiment_id=None if run_id else self.experiment_id,
+            tags=tags,
+            log_system_metrics=system_metrics,
+        ) as run:
+            try:
+                yield run.info.run_id
+            except KeyboardInterrupt:
+                mlflow.end_run("KILLED")
+                raise
+
+    def run(self, run_id: str) -> Run | None:
+        """The run of this experiment with ``run_id``, or None (deleted, elsewhere, or unknown)."""
+        try:
+            run = self.client.get_run(run_id)
+        except MlflowException:
+            return None
+        active = run.info.lifecycle_stage == "active" and run.info.experiment_id == self.experiment_id
+        return run if active else None
 
     def log_settings(self, run_id: str, settings: Settings) -> None:
         params = [Param(key, value) for key, value in settings_params(settings).items()]

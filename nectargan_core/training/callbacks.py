@@ -70,7 +70,11 @@ class ConsoleReporter(TrainingCallback):
         self._bar: tqdm | None = None
 
     def on_train_start(self, start_epoch: int, total_epochs: int, changed: list[str]) -> None:
-        if start_epoch > 1:
+        if start_epoch > total_epochs:
+            print(
+                f"already at epoch {total_epochs} of {total_epochs}: nothing left to train, finishing", file=self.stream
+            )
+        elif start_epoch > 1:
             print(f"continuing at epoch {start_epoch} of {total_epochs}", file=self.stream)
         for line in changed:
             print(f"  changed since the checkpoint: {line}", file=self.stream)

@@ -177,10 +177,10 @@ def start_point(settings: Settings, paths: RunPaths) -> StartPoint:
         start = StartPoint(
             int(state["epoch"]) + 1, state, path, changed_settings(state["settings"], settings.model_dump(mode="json"))
         )
-        if start.epoch > settings.train.total_epochs:
+        if start.epoch > settings.train.total_epochs + 1:  # at the total exactly: nothing to train, only finish
             raise CheckpointError(
-                f"{path} is at epoch {state['epoch']} and the configured total is {settings.train.total_epochs} "
-                "(train.generator.epochs + epochs_decay): raise the total to train on"
+                f"{path} is at epoch {state['epoch']}, past the configured total of {settings.train.total_epochs} "
+                "(train.generator.epochs + epochs_decay): raise the total to train on from it"
             )
     own_folders = (paths.checkpoints.resolve(), paths.snapshots.resolve())
     if start.checkpoint is not None and start.checkpoint.parent.resolve() in own_folders:

@@ -24,7 +24,7 @@ from nectargan_core.checkpoint import prune_checkpoints, save_checkpoint, snapsh
 from nectargan_core.data.dataset import PairedImageDataset
 from nectargan_core.data.transforms import PairTransform
 from nectargan_core.device import autocast_dtype, resolve_device
-from nectargan_core.files import compose_strip, save_image_atomic, write_atomic, write_json_atomic
+from nectargan_core.files import compose_strip, held_lock, save_image_atomic, write_atomic, write_json_atomic
 from nectargan_core.layout import RunPaths, checkpoint_name, strip_name
 from nectargan_core.settings import Settings
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
@@ -119,10 +119,25 @@ def _worker_context() -> multiprocessing.context.BaseContext:
     return context
 
 
-def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> TrainResult:
-    """Train (or continue) as configured; returns where the outputs are and the per-epoch history."""
-    cfg = settings.train
+def train(
+    settings: Settings, callbacks: Sequence[TrainingCallback] = (), run: dict[str, str] | None = None
+) -> TrainResult:
+    """Train (or continue) as configured; returns where the outputs are and the per-epoch history.
+
+    ``run`` (e.g. the tracking run's id) is stored in every full state, so a continue can find the
+    run it continues. A run already at its total trains nothing and only finishes (summary, the
+    caller's registration). One process at a time trains into an output folder (a lock that names
+    its holder).
+    """
     paths = RunPaths.of(settings)
+    with held_lock(paths.lock, f"train.output_dir {paths.root}"):
+        return _train(settings, paths, callbacks, run or {})
+
+
+def _train(
+    settings: Settings, paths: RunPaths, callbacks: Sequence[TrainingCallback], run: dict[str, str]
+) -> TrainResult:
+    cfg = settings.train
     device = resolve_device(cfg)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -181,7 +196,7 @@ def train(settings: Settings, callbacks: Sequence[TrainingCallback] = ()) -> Tra
                 if loss_log is not None:
                     loss_log.flush()  # the log always reaches the newest checkpoint, even if killed later
                 _check_finite_weights(step, epoch, last_checkpoint)
-                last_checkpoint, snapshot = _save(step, settings, epoch, paths)
+                last_checkpoint, snapshot = _save(step, settings, epoch, paths, run)
                 result.checkpoint = last_checkpoint
                 for cb in callbacks:
                     cb.on_checkpoint(epoch, last_checkpoint, snapshot)
@@ -283,10 +298,11 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths) -> tuple[Path, Path]:
+def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths, run: dict[str, str]) -> tuple[Path, Path]:
     """Replace the rolling full state, write this epoch's snapshot, prune old snapshots."""
     cfg = settings.train
     state = {
+        "run": run,
         "epoch": epoch,
         "seed": settings.seed,
         "settings": settings.model_dump(mode="json"),
