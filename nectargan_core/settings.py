@@ -374,6 +374,12 @@ class TrainSettings(Strict):
     snapshot_precision: Literal["fp32", "bf16", "fp16"] = Field(
         "bf16", description="Stored precision of the weights in generator/networks snapshots (full ones are fp32)."
     )
+    diverged_above: float | None = Field(
+        1e4,
+        gt=0,
+        description="A final-epoch mean loss of G or D above this means training diverged: the run and its "
+        "outputs are kept, but it is not registered and the alias does not move (null: no bound).",
+    )
     warm_start: Path | None = Field(
         None,
         description="A checkpoint or snapshot whose network weights start a fresh run at epoch 1 (optimizers "

@@ -29,7 +29,11 @@ if TYPE_CHECKING:
     from nectargan_core.inference.onnx import ExportResult
     from nectargan_core.tracking.registry import RegisteredCheckpoint
     from nectargan_core.tracking.tracker import Tracker
-    from nectargan_core.training.callbacks import TrainingCallback
+    from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
+
+
+class TrainingDiverged(ValueError):
+    """Training ended with losses beyond ``train.diverged_above``: kept, but not registered."""
 
 
 class DatasetInvalid(ValueError):
@@ -37,7 +41,8 @@ class DatasetInvalid(ValueError):
 
     def __init__(self, result: ValidationResult) -> None:
         self.result = result
-        super().__init__(f"{result.table()}\nFull report: {result.report_csv}")
+        where = f"Full report: {result.report_csv}" if result.report_csv else "Run `nectargan validate` for the report."
+        super().__init__(f"{result.table()}\n{where}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,20 @@ def validate_stage(settings: Settings, report_dir: Path | None = None) -> Valida
     if not result.ok:
         raise DatasetInvalid(result)
     return result
+
+
+def ensure_validated(settings: Settings) -> None:
+    """Training starts only on a dataset that passes validation: a fresh passing report for this very
+    dataset and rules is enough (the validate stage wrote it), otherwise every rule runs again here
+    (in memory: the validate stage's report stays its own). Raises ``DatasetInvalid`` before any output
+    is touched."""
+    from nectargan_core.data.validate import passed_before, validate_dataset
+
+    if passed_before(settings.data, Path(settings.outputs.validation)):
+        return
+    result = validate_dataset(settings.data, None)
+    if not result.ok:
+        raise DatasetInvalid(result)
 
 
 def _update_summary(path: Path, extra: dict[str, object]) -> None:
@@ -100,6 +119,7 @@ def train_stage(
     from nectargan_core.tracking.registry import register_model
     from nectargan_core.training.trainer import train
 
+    ensure_validated(settings)
     paths = RunPaths.of(settings)
     parent = parent or fetch_parent(settings, tracker)
     run_settings, all_tags = settings, run_tags(settings, project_dir, tags)
@@ -117,6 +137,15 @@ def train_stage(
         recorder = MLflowCallback(tracker, run_id, settings.tracking.log_checkpoints)
         result = train(run_settings, [*callbacks, recorder], run={"mlflow_run_id": run_id})
         version = registered.get(result.last_epoch) if not result.history else None
+        diverged = _divergence(settings, result.history[-1]) if result.history else None
+        if diverged:
+            tracker.client.set_tag(run_id, "not_registered", diverged)
+            _update_summary(paths.summary, {"mlflow_run_id": run_id, "not_registered": diverged})
+            raise TrainingDiverged(
+                f"{diverged}; the run is kept in {paths.root} (MLflow run {run_id}) but not registered, and "
+                f"{settings.tracking.registered_model}@{settings.tracking.alias} did not move. Lower the learning "
+                "rates or the loss weights (or raise train.diverged_above) and train again."
+            )
         if result.checkpoint is not None and version is None:
             version = register_model(tracker, run_id, result.checkpoint, settings, project_dir)
         _update_summary(
@@ -131,6 +160,19 @@ def train_stage(
             },
         )
     return TrainStageResult(run_id, result.checkpoint, result.last_epoch, version, paths.summary)
+
+
+def _divergence(settings: Settings, last: EpochSummary) -> str | None:
+    """Why the final epoch's losses say training diverged, or None."""
+    bound = settings.train.diverged_above
+    losses = {"G": last.loss_g, "D": last.loss_d}
+    over = {name: value for name, value in losses.items() if bound is not None and value > bound}
+    if not over:
+        return None
+    shown = ", ".join(f"{name} {value:.3g}" for name, value in over.items())
+    return (
+        f"training diverged: the mean losses of epoch {last.epoch} ({shown}) are above train.diverged_above ({bound:g})"
+    )
 
 
 def _registered(summary: Path) -> dict[int, str]:

@@ -3,6 +3,7 @@ and one line that names the file or key, never a traceback, and nothing written 
 
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,10 +12,11 @@ import torch
 from PIL import Image
 
 from nectargan_core.cli import main
+from nectargan_core.data.validate import passed_before
 from nectargan_core.errors import describe_failure
 from nectargan_core.files import held_lock
 from nectargan_core.settings import SettingsError, with_changes
-from nectargan_core.stages import train_stage
+from nectargan_core.stages import DatasetInvalid, TrainingDiverged, train_stage, validate_stage
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import TrainingCallback
 
@@ -201,3 +203,35 @@ def test_one_writer_per_output_folder(project, capsys):
     with held_lock(base / "outputs" / "train" / ".nectargan.lock", "test"):
         err = _fail(capsys, ["train", "--params", str(params)], "is in use by pid", ".nectargan.lock")
     assert f"pid {os.getpid()}" in err
+
+
+def test_training_checks_the_data_itself_when_no_fresh_report_says_it_passed(sample_root, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(sample_root, data)
+    settings = with_changes(tiny_settings(data, tmp_path / "outputs" / "train"), {"outputs.validation": tmp_path / "v"})
+    tracker = Tracker.connect(settings.tracking, tmp_path)
+    validate_stage(settings)
+    assert passed_before(settings.data, tmp_path / "v")
+    train_stage(settings, tracker, tmp_path)  # the fresh report is enough
+    before = (tmp_path / "outputs" / "train" / "checkpoints" / "latest.pt").read_bytes()
+    broken = data / "train" / "train_0003.png"
+    broken.write_bytes(broken.read_bytes()[:100])  # truncated: the report is stale now
+    assert not passed_before(settings.data, tmp_path / "v")
+    with pytest.raises(DatasetInvalid, match=r"train_0003\.png") as info:
+        train_stage(settings, tracker, tmp_path)  # without the validate stage
+    assert "decodes" in str(info.value)
+    assert (tmp_path / "outputs" / "train" / "checkpoints" / "latest.pt").read_bytes() == before  # not set aside
+    assert not (tmp_path / "outputs" / "train" / "previous").exists()
+
+
+def test_a_diverged_run_is_kept_but_not_registered(sample_root, tmp_path, capsys):
+    settings, tracker = _tracked(sample_root, tmp_path)
+    assert train_stage(settings, tracker, tmp_path).model_version == "1"
+    wild = with_changes(settings, {"train.diverged_above": 1.0})  # the tiny run's G loss is far above 1
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the mean losses of epoch 2 \(G "):
+        train_stage(wild, tracker, tmp_path)
+    assert [str(v.version) for v in tracker.client.search_model_versions("name='nectargan-generator'")] == ["1"]
+    assert str(tracker.client.get_model_version_by_alias("nectargan-generator", "current").version) == "1"
+    newest = tracker.client.search_runs([tracker.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    assert newest.data.tags["not_registered"].startswith("training diverged")
+    assert (tmp_path / "outputs" / "train" / "checkpoints" / "latest.pt").exists()  # kept

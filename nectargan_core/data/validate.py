@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,8 +30,8 @@ class ValidationResult:
     ok: bool
     pairs: int
     failures: list[dict[str, str]]
-    report_csv: Path
-    report_json: Path
+    report_csv: Path | None  # None when checked without writing a report
+    report_json: Path | None
 
     def table(self) -> str:
         """The failures as a fixed-width text table (or a one-line all-clear)."""
@@ -191,8 +192,32 @@ def _rules(data: DataSettings) -> dict[str, tuple[pa.Check, str]]:
     }
 
 
-def validate_dataset(data: DataSettings, report_dir: Path) -> ValidationResult:
-    """Check every rule over every pair; write ``validation.csv`` and ``validation.json`` either way."""
+def dataset_fingerprint(data: DataSettings) -> str:
+    """What a validation result holds for: the rules (their texts carry the settings they check) and
+    every file under the splits by name, size and modification time. Any change means: check again."""
+    digest = hashlib.sha256(json.dumps(sorted((k, m) for k, (_, m) in _rules(data).items())).encode())
+    digest.update(json.dumps([data.layout, data.direction]).encode())
+    root = Path(data.root)
+    for split in SPLITS:
+        for path in sorted((root / split).rglob("*")) if (root / split).is_dir() else []:
+            stat = path.lstat()
+            digest.update(f"{path.relative_to(root)}|{stat.st_size}|{stat.st_mtime_ns}|{path.is_symlink()}\n".encode())
+    return digest.hexdigest()
+
+
+def passed_before(data: DataSettings, report_dir: Path) -> bool:
+    """Whether the report in ``report_dir`` says this very dataset passed these very rules."""
+    report = ValidationPaths(report_dir).json
+    try:
+        recorded = json.loads(report.read_text())
+    except (OSError, ValueError):
+        return False
+    return recorded.get("ok") is True and recorded.get("fingerprint") == dataset_fingerprint(data)
+
+
+def validate_dataset(data: DataSettings, report_dir: Path | None) -> ValidationResult:
+    """Check every rule over every pair; write ``validation.csv`` and ``validation.json`` either way
+    (no files when ``report_dir`` is None)."""
     root = Path(data.root)
     if not root.is_dir():
         raise FileNotFoundError(f"data.root: {root} does not exist; generate the sample data or point it at a dataset")
@@ -239,12 +264,20 @@ def validate_dataset(data: DataSettings, report_dir: Path) -> ValidationResult:
             )
 
     failures.sort(key=lambda f: (f["file"], f["rule"]))
+    if report_dir is None:
+        return ValidationResult(not failures, len(manifest), failures, None, None)
     report = ValidationPaths(report_dir)
     with atomic_path(report.csv) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "split", "rule", "detail"])
         writer.writeheader()
         writer.writerows(failures)
     by_split = {row.split: int(row.pairs) for row in counts.itertuples()}
-    summary = {"ok": not failures, "pairs": len(manifest), "problems": len(failures), "pairs_per_split": by_split}
+    summary = {
+        "ok": not failures,
+        "pairs": len(manifest),
+        "problems": len(failures),
+        "pairs_per_split": by_split,
+        "fingerprint": dataset_fingerprint(data),
+    }
     write_json_atomic(report.json, summary)
     return ValidationResult(not failures, len(manifest), failures, report.csv, report.json)
