@@ -1,6 +1,7 @@
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,36 @@ def test_stage_refuses_bad_data_and_cli_prints_the_table(tmp_path, capsys):
     assert main(["validate", "--params", str(params), "--report", str(tmp_path / "r2")]) == 2
     err = capsys.readouterr().err
     assert "dataset INVALID: 1 problem(s)" in err and "broken.png" in err
+
+
+def test_layout_problems_the_pair_table_cannot_show(tmp_path):
+    root, outside = tmp_path / "folders", tmp_path / "elsewhere.png"
+    for split in ("train", "val"):
+        for side in ("A", "B"):
+            (root / split / side).mkdir(parents=True)
+            _rgb(32, 32, 1 if split == "train" else 2).save(root / split / side / "ok.png")
+    _rgb(32, 32, 3).save(root / "train" / "B" / "orphan.png")  # a B without its A
+    _rgb(64, 32, 4).save(root / "train" / "aligned.png")  # an aligned file mixed in
+    (root / "val" / "A" / "gone.png").symlink_to(tmp_path / "missing.png")  # dangling
+    _rgb(32, 32, 5).save(outside)
+    (root / "val" / "B" / "far.png").symlink_to(outside)  # outside data.root
+    (root / "val" / "A" / "far.png").symlink_to(root / "val" / "A" / "ok.png")  # inside: fine
+    result = validate_dataset(_data(root), tmp_path / "report")
+    found = {(Path(f["file"]).relative_to(root).as_posix(), f["rule"]) for f in result.failures}
+    assert found == {
+        ("train/B/orphan.png", "partner_exists"),
+        ("train/aligned.png", "one_layout"),
+        ("val/A/gone.png", "symlink"),
+        ("val/B/far.png", "symlink"),
+    }
+    details = {f["rule"]: f["detail"] for f in result.failures if f["file"].endswith("far.png")}
+    assert "links outside data.root" in details["symlink"]
+
+
+def test_images_with_more_than_8_bits_are_refused(tmp_path):
+    root = tmp_path / "deep"
+    for split in ("train", "val"):
+        (root / split).mkdir(parents=True)
+        Image.fromarray(np.full((32, 64), 40000 + len(split), np.uint16)).save(root / split / "grey16.png")
+    result = validate_dataset(_data(root, input_channels=1, output_channels=1), tmp_path / "report")
+    assert {f["rule"] for f in result.failures} == {"eight_bit"}

@@ -192,6 +192,37 @@ def _rules(data: DataSettings) -> dict[str, tuple[pa.Check, str]]:
     }
 
 
+def layout_problems(data: DataSettings) -> list[dict[str, str]]:
+    """What the pair table cannot show: B files without an A partner, aligned files beside A/ and B/
+    folders, and symbolic links that dangle or lead outside data.root (DVC would not version those)."""
+    root = Path(data.root)
+    problems = []
+
+    def problem(path: Path, split: str, rule: str, detail: str) -> None:
+        problems.append({"file": str(path), "split": split, "rule": rule, "detail": detail})
+
+    for split in SPLITS:
+        split_dir = root / split
+        if not split_dir.is_dir():
+            continue
+        for path in sorted(split_dir.rglob("*")):
+            if not path.is_symlink():
+                continue
+            if not path.exists():
+                problem(path, split, "symlink", "a dangling symbolic link: point it at a file or remove it")
+            elif not path.resolve().is_relative_to(root.resolve()):
+                problem(path, split, "symlink", f"links outside data.root ({path.resolve()}): copy the file in")
+        if split_layout(split_dir, data.layout) != "folders":
+            continue
+        a_names = {p.name for p in list_images(split_dir / "A")}
+        for path in list_images(split_dir / "B"):
+            if path.name not in a_names:
+                problem(path, split, "partner_exists", "no file of the same name in A/: add it or remove the B file")
+        for path in list_images(split_dir):
+            problem(path, split, "one_layout", "an image beside the A/ and B/ folders: split it into A/ and B/ or remove it")
+    return problems
+
+
 def dataset_fingerprint(data: DataSettings) -> str:
     """What a validation result holds for: the rules (their texts carry the settings they check) and
     every file under the splits by name, size and modification time. Any change means: check again."""
@@ -241,6 +272,7 @@ def validate_dataset(data: DataSettings, report_dir: Path | None) -> ValidationR
                 detail = f"mode {row['mode']}: {detail}"
             failures.append({"file": row["file"], "split": row["split"], "rule": rule, "detail": detail})
 
+    failures += layout_problems(data)
     split_schema = pa.DataFrameSchema(
         checks=pa.Check(
             lambda df: ~(df["required"] | df["exists"]) | (df["pairs"] > 0),
