@@ -1,0 +1,87 @@
+"""kill -9 at chosen code points of a tracked training, then a continue: the result is the run that
+never stopped (losses and final weights bit for bit), registered once, in one MLflow run."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from nectargan_core.checkpoint import load_checkpoint
+from nectargan_core.settings import with_changes
+from nectargan_core.stages import train_stage
+from nectargan_core.tracking.tracker import Tracker
+
+from .helpers import tiny_settings
+from .test_training import epoch_rows, losses
+
+pytestmark = pytest.mark.slow  # a training process per kill point
+
+# Trains as the settings file says and SIGKILLs itself at one point (a callback: no hook in the product).
+VICTIM = """
+import json, os, signal, sys
+from pathlib import Path
+from nectargan_core.settings import settings_from_dict
+from nectargan_core.stages import train_stage
+from nectargan_core.tracking.tracker import Tracker
+from nectargan_core.training.callbacks import TrainingCallback
+
+settings_file, project, point, epoch = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+settings = settings_from_dict(json.loads(Path(settings_file).read_text()))
+
+def die(): os.kill(os.getpid(), signal.SIGKILL)
+
+class Kill(TrainingCallback):
+    def on_epoch_end(self, summary):
+        if point == "epoch_end" and summary.epoch == epoch: die()
+    def on_examples(self, e, paths):
+        if point == "examples" and e == epoch: die()
+    def on_checkpoint(self, e, latest, snapshot):
+        if point == "checkpoint" and e == epoch: die()
+    def on_train_end(self, last, checkpoint):
+        if point == "train_end": die()
+
+train_stage(settings, Tracker.connect(settings.tracking, project), project, [Kill()])
+"""
+
+
+@pytest.fixture(scope="module")
+def reference(sample_root, tmp_path_factory):
+    """The uninterrupted run."""
+    project = tmp_path_factory.mktemp("uninterrupted")
+    settings = tiny_settings(sample_root, project / "outputs" / "train", **{"generator.epochs": 3})
+    train_stage(settings, Tracker.connect(settings.tracking, project), project)
+    return project
+
+
+@pytest.mark.parametrize(("point", "epoch"), [("epoch_end", 2), ("examples", 2), ("checkpoint", 2), ("train_end", 3)])
+def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(
+    sample_root, reference, tmp_path, point, epoch
+):
+    settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", **{"generator.epochs": 3})
+    settings_file = tmp_path / "settings.json"
+    settings_file.write_text(json.dumps(settings.model_dump(mode="json")))
+    victim = subprocess.run(
+        [sys.executable, "-c", VICTIM, str(settings_file), str(tmp_path), point, str(epoch)],
+        capture_output=True,
+        text=True,
+    )
+    assert victim.returncode == -signal.SIGKILL, victim.stderr[-2000:]
+
+    tracker = Tracker.connect(settings.tracking, tmp_path)
+    (killed,) = tracker.client.search_runs([tracker.experiment_id])
+    result = train_stage(with_changes(settings, {"train.continue_train": True}), tracker, tmp_path)
+
+    assert result.run_id == killed.info.run_id and result.model_version == "1"  # one run, registered once
+    assert tracker.client.get_run(result.run_id).info.status == "FINISHED"
+    ours, theirs = tmp_path / "outputs" / "train", reference / "outputs" / "train"
+    assert losses(epoch_rows(ours)) == losses(epoch_rows(theirs))
+    a, b = load_checkpoint(ours / "checkpoints" / "latest.pt"), load_checkpoint(theirs / "checkpoints" / "latest.pt")
+    assert a["epoch"] == b["epoch"] == 3
+    for net in ("generator", "discriminator"):
+        assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
+    assert (ours / "loss_log.csv").read_text() == (theirs / "loss_log.csv").read_text()
+    assert not list(Path(ours).rglob(".*.tmp"))
