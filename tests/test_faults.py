@@ -198,8 +198,9 @@ def test_a_dead_run_with_other_settings_is_marked_killed(sample_root, tmp_path):
     assert tracker.client.get_run(dead.info.run_id).info.status == "KILLED"
 
 
-def test_one_writer_per_output_folder(project, capsys):
+def test_one_writer_per_output_folder(project, capsys, monkeypatch):
     base, params = project
+    monkeypatch.chdir(base)  # the embedded MLflow store is the project's
     with held_lock(base / "outputs" / "train" / ".nectargan.lock", "test"):
         err = _fail(capsys, ["train", "--params", str(params)], "is in use by pid", ".nectargan.lock")
     assert f"pid {os.getpid()}" in err
