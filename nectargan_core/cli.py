@@ -11,7 +11,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -252,51 +252,63 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _project_command(
+    sub: argparse._SubParsersAction, name: str, func: Callable[[argparse.Namespace], int], help: str
+) -> argparse.ArgumentParser:
+    """A subcommand that reads the project's settings (``--params``, ``-s``)."""
+    parser = sub.add_parser(name, help=help)
+    _add_params_args(parser)
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nectargan", description=__doc__)
     parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("settings", help="validate the params file and list every setting with its meaning")
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_settings)
+    p = _project_command(
+        sub, "settings", _cmd_settings, help="validate the params file and list every setting with its meaning"
+    )
 
-    p = sub.add_parser("models", help="build the generator and discriminator and print their sizes")
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_models)
+    p = _project_command(sub, "models", _cmd_models, help="build the generator and discriminator and print their sizes")
 
-    p = sub.add_parser("sample-data", help="stage prepare: generate the procedural facades dataset (no download)")
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_sample_data)
+    p = _project_command(
+        sub,
+        "sample-data",
+        _cmd_sample_data,
+        help="stage prepare: generate the procedural facades dataset (no download)",
+    )
 
-    p = sub.add_parser("validate", help="stage validate: check every pair of the dataset, write the report")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "validate", _cmd_validate, help="stage validate: check every pair of the dataset, write the report"
+    )
     p.add_argument("--report", type=Path, default=None, help="report folder (default: outputs.validation)")
-    p.set_defaults(func=_cmd_validate)
 
-    p = sub.add_parser("train", help="stage train: train (or continue) in an MLflow run, register the checkpoint")
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_train)
+    p = _project_command(
+        sub, "train", _cmd_train, help="stage train: train (or continue) in an MLflow run, register the checkpoint"
+    )
 
-    p = sub.add_parser("examples", help="stage examples: strips of the final checkpoint on validation samples")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "examples", _cmd_examples, help="stage examples: strips of the final checkpoint on validation samples"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.examples)")
-    p.set_defaults(func=_cmd_examples)
 
-    p = sub.add_parser("evaluate", help="stage evaluate: per-image metrics of the final checkpoint on test")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "evaluate", _cmd_evaluate, help="stage evaluate: per-image metrics of the final checkpoint on test"
+    )
     p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.eval)")
     p.add_argument("--samples", type=int, default=None, help="best/worst images per metric (evaluate.samples)")
-    p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("export", help="stage export: the final generator as ONNX, checked against PyTorch")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "export", _cmd_export, help="stage export: the final generator as ONNX, checked against PyTorch"
+    )
     p.add_argument("--out", type=Path, default=None, help="ONNX file (default: outputs.export/generator.onnx)")
     p.add_argument("--opset", type=int, default=18, help="ONNX opset (%(default)s)")
-    p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("predict", help="run a checkpoint, models:/ URI or ONNX file over a folder of images")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "predict", _cmd_predict, help="run a checkpoint, models:/ URI or ONNX file over a folder of images"
+    )
     p.add_argument("--model", required=True, help="checkpoint file, models:/NAME@ALIAS, models:/NAME/VERSION or .onnx")
     p.add_argument("--input", type=Path, required=True, help="folder of input images (any size)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.predict)")
@@ -306,27 +318,26 @@ def build_parser() -> argparse.ArgumentParser:
         default="resize",
         help="resize: to the trained crop and back; pad: full resolution, padded to the size multiple",
     )
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("outputs", help="where every output of the pipeline is, as the settings place it")
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_outputs)
+    p = _project_command(
+        sub, "outputs", _cmd_outputs, help="where every output of the pipeline is, as the settings place it"
+    )
 
-    p = sub.add_parser("disk", help="where the bytes are: run folder, stage outputs, DVC cache and remote, MLflow runs")
-    _add_params_args(p)
-    p.set_defaults(func=_cmd_disk)
+    p = _project_command(
+        sub, "disk", _cmd_disk, help="where the bytes are: run folder, stage outputs, DVC cache and remote, MLflow runs"
+    )
 
-    p = sub.add_parser("forget", help="delete MLflow runs with their registered versions and models (then mlflow gc)")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "forget", _cmd_forget, help="delete MLflow runs with their registered versions and models (then mlflow gc)"
+    )
     p.add_argument("--runs", nargs="+", required=True, help="MLflow run ids")
-    p.set_defaults(func=_cmd_forget)
 
-    p = sub.add_parser("compare", help="leaderboard of MLflow runs (differing settings, eval metrics) + images")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "compare", _cmd_compare, help="leaderboard of MLflow runs (differing settings, eval metrics) + images"
+    )
     p.add_argument("--runs", nargs="*", default=[], help="MLflow run ids (default: every finished run)")
     p.add_argument("--filter", default="", help="MLflow filter, e.g. \"params.`train.loss.l1` = '50.0'\"")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.compare)")
-    p.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("pair", help="pair an A/ and a B/ folder (matched by file name) into aligned A|B images")
     p.add_argument("--a", type=Path, required=True, help="folder of A (input) images")
@@ -347,18 +358,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--name", required=True, help="folder name under data/")
     p.set_defaults(func=_cmd_import)
 
-    p = sub.add_parser("montage", help="one image of the example strips across epochs (every k-th epoch)")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "montage", _cmd_montage, help="one image of the example strips across epochs (every k-th epoch)"
+    )
     p.add_argument("--examples", type=Path, default=None, help="strips folder (default: train.output_dir/examples)")
     p.add_argument("--out", type=Path, default=None, help="PNG file (default: outputs.review/montage.png)")
     p.add_argument("--every", type=int, default=1, help="show every k-th epoch (the last always)")
-    p.set_defaults(func=_cmd_montage)
 
-    p = sub.add_parser("loss-graphs", help="loss and learning-rate graphs as PNG from the epoch table")
-    _add_params_args(p)
+    p = _project_command(
+        sub, "loss-graphs", _cmd_loss_graphs, help="loss and learning-rate graphs as PNG from the epoch table"
+    )
     p.add_argument("--epochs", type=Path, default=None, help="epoch table (default: train.output_dir/epochs.csv)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.review)")
-    p.set_defaults(func=_cmd_loss_graphs)
     return parser
 
 

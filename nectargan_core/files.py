@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import socket
 import sys
 import tempfile
@@ -78,7 +79,7 @@ def own_copy(path: Path) -> Path:
     """Before changing ``path`` in place: if it is shared (a hard link into the DVC cache) or read-only,
     replace it with a private, writable copy, so the cache is never written through."""
     if path.exists() and (path.stat().st_nlink > 1 or not os.access(path, os.W_OK)):
-        write_atomic(path, lambda tmp: tmp.write_bytes(path.read_bytes()))
+        write_atomic(path, lambda tmp: shutil.copyfile(path, tmp))
     return path
 
 

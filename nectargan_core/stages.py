@@ -117,6 +117,7 @@ def train_stage(
     from nectargan_core.tracking.callback import MLflowCallback
     from nectargan_core.tracking.provenance import run_tags
     from nectargan_core.tracking.registry import register_model
+    from nectargan_core.training.records import registered_versions
     from nectargan_core.training.trainer import train
 
     ensure_validated(settings)
@@ -130,7 +131,7 @@ def train_stage(
     if reopen is not None:
         all_tags = {"continued": "true"}  # the run's own tags stay; its params are the same settings
 
-    registered = _registered(paths.summary)  # read before training rewrites the summary
+    registered = registered_versions(paths.summary)  # read before training rewrites the summary
     with tracker.start_run(all_tags, settings.tracking.system_metrics, run_id=reopen) as run_id:
         if reopen is None:
             tracker.log_settings(run_id, settings)
@@ -173,13 +174,6 @@ def _divergence(settings: Settings, last: EpochSummary) -> str | None:
     return (
         f"training diverged: the mean losses of epoch {last.epoch} ({shown}) are above train.diverged_above ({bound:g})"
     )
-
-
-def _registered(summary: Path) -> dict[int, str]:
-    """{epoch: version} this run folder registered (so a finished run is not registered twice)."""
-    recorded = json.loads(summary.read_text()) if summary.exists() else {}
-    epoch, version = recorded.get("registered_epoch"), recorded.get("model_version")
-    return {epoch: version} if epoch is not None and version else {}
 
 
 def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths) -> str | None:

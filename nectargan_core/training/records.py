@@ -8,6 +8,7 @@ iteration); the epoch table has one row per epoch, which DVC can plot.
 from __future__ import annotations
 
 import csv
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -88,3 +89,17 @@ class LossLog:
 def append_epoch_row(path: Path, row: dict[str, object]) -> None:
     """One row of the epoch table; losses that did not run that epoch stay empty."""
     _append(path, EPOCH_COLUMNS, [[row.get(column, "") for column in EPOCH_COLUMNS]])
+
+
+def registered_versions(summary: Path) -> dict[int, str]:
+    """{epoch: model version} a run's summary records as registered ({} when none, or unreadable).
+
+    Summaries written before ``registered_epoch`` existed registered their ``last_epoch``.
+    """
+    try:
+        recorded = json.loads(summary.read_text())
+    except (OSError, ValueError):
+        return {}
+    version = recorded.get("model_version")
+    epoch = recorded.get("registered_epoch", recorded.get("last_epoch"))
+    return {epoch: version} if epoch is not None and version else {}

@@ -7,7 +7,6 @@ moves them to ``previous/``, so a forgotten ``continue_train`` costs nothing.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil
@@ -25,7 +24,7 @@ from nectargan_core.checkpoint import (
 from nectargan_core.files import write_atomic
 from nectargan_core.layout import RunPaths, strip_key
 from nectargan_core.settings import Settings, flatten_dotted
-from nectargan_core.training.records import truncate_after
+from nectargan_core.training.records import registered_versions, truncate_after
 
 log = logging.getLogger(__name__)
 
@@ -100,14 +99,6 @@ def _load_resume_state(settings: Settings, paths: RunPaths) -> tuple[dict[str, A
     return state, path
 
 
-def _registered(summary: Path) -> bool:
-    """Whether a run's summary says its final state is a registered model version (so safe elsewhere)."""
-    try:
-        return bool(json.loads(summary.read_text()).get("model_version"))
-    except (OSError, ValueError):
-        return False
-
-
 def set_aside_previous_run(paths: RunPaths) -> Path | None:
     """Move an earlier run's outputs to ``output_dir/previous/``.
 
@@ -118,7 +109,7 @@ def set_aside_previous_run(paths: RunPaths) -> Path | None:
     if not present:
         return None
     occupied = paths.previous.is_dir() and any(paths.previous.iterdir())
-    if occupied and not _registered(RunPaths(paths.previous).summary):
+    if occupied and not registered_versions(RunPaths(paths.previous).summary):
         raise CheckpointError(
             f"{paths.previous} holds an earlier run that was never registered, and this fresh run would "
             f"replace it with the run now in {paths.root}: move {paths.previous} out of {paths.root} (or "
@@ -186,7 +177,7 @@ def start_point(settings: Settings, paths: RunPaths) -> StartPoint:
     if start.checkpoint is not None and start.checkpoint.parent.resolve() in own_folders:
         drop_epochs_after(paths, start.epoch - 1)
         if start.checkpoint.resolve() != paths.latest.resolve():  # a full snapshot: it is the latest state now
-            write_atomic(paths.latest, lambda tmp: tmp.write_bytes(start.checkpoint.read_bytes()), durable=True)
+            write_atomic(paths.latest, lambda tmp: shutil.copyfile(start.checkpoint, tmp), durable=True)
         return start
     if start.checkpoint is not None and paths.previous.resolve() in start.checkpoint.resolve().parents:
         raise CheckpointError(
