@@ -1,7 +1,48 @@
 """`python -m flows`: one run of the pipeline flow with params.yaml (Prefect starts a temporary
-local server when PREFECT_API_URL is not set)."""
+local server when PREFECT_API_URL is not set).
 
-from flows.pipeline import pipeline
+A failure ends with one line (the traceback with --debug). SIGTERM unwinds like Ctrl+C, so the
+training run is marked KILLED and Prefect's temporary server is stopped on the way out.
+"""
+
+import argparse
+import signal
+import sys
+
+from nectargan_core.errors import describe_failure
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m flows", description=__doc__.splitlines()[0])
+    parser.add_argument("--continue-from", default=None, help="a checkpoint path or models:/NAME@ALIAS to continue")
+    parser.add_argument("--project-dir", default=".", help="the project folder holding params.yaml")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a failure")
+    args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    from flows.pipeline import pipeline
+
+    try:
+        pipeline(continue_from=args.continue_from, project_dir=args.project_dir)
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"error: {describe_failure(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(
+            "interrupted: the MLflow run is marked KILLED; continue with "
+            "`python -m flows --continue-from <train.output_dir>/checkpoints` "
+            "or `nectargan train -s train.continue_train=true`",
+            file=sys.stderr,
+        )
+        return 130
+    return 0
+
 
 if __name__ == "__main__":
-    pipeline()
+    sys.exit(main())

@@ -10,9 +10,12 @@ cached loss log).
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
-from prefect import flow, get_run_logger, task
+from prefect import Task, flow, get_run_logger, task
 from prefect.artifacts import (
     create_markdown_artifact,
     create_progress_artifact,
@@ -21,6 +24,7 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import Failed
 
 from nectargan_core.checkpoint import CheckpointError
 from nectargan_core.errors import describe_failure
@@ -40,6 +44,28 @@ from nectargan_core.stages import (
 from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import ConsoleReporter, EpochSummary, TrainingCallback
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+def clear_failure(fn: Callable[P, R]) -> Callable[P, R]:
+    """The task fails with the same one line the CLI prints (describe_failure), not a traceback;
+    the exception stays the state's result, so ``_run`` re-raises it in the flow."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            return Failed(message=describe_failure(exc), data=exc)  # type: ignore[return-value]
+
+    return wrapper
+
+
+def _run(task_: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
+    """Call a task in the flow and return its result, raising the task's own exception on failure."""
+    return task_(*args, return_state=True, **kwargs).result()  # type: ignore[call-arg]
 
 
 class ProgressArtifact(TrainingCallback):
@@ -61,6 +87,7 @@ class ProgressArtifact(TrainingCallback):
 
 
 @task(name="validate dataset", cache_policy=NO_CACHE)
+@clear_failure
 def validate_task(settings: Settings) -> int:
     """Returns the number of pairs; a failing dataset becomes a table artifact and stops the flow."""
     try:
@@ -85,11 +112,13 @@ def _io_failure(task, task_run, state) -> bool:
     retry_condition_fn=_io_failure,
     cache_policy=NO_CACHE,
 )
+@clear_failure
 def fetch_task(settings: Settings, tracker: Tracker) -> RegisteredCheckpoint | None:
     return fetch_parent(settings, tracker)
 
 
 @task(name="train", cache_policy=NO_CACHE)
+@clear_failure
 def train_task(
     settings: Settings, tracker: Tracker, project_dir: Path, parent: RegisteredCheckpoint | None
 ) -> TrainStageResult:
@@ -99,11 +128,13 @@ def train_task(
 
 
 @task(name="export examples", cache_policy=NO_CACHE)
+@clear_failure
 def examples_task(settings: Settings, tracker: Tracker) -> list[Path]:
     return examples_stage(settings, tracker)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)
+@clear_failure
 def evaluate_task(settings: Settings, tracker: Tracker) -> EvaluationResult:
     result = evaluate_stage(settings, tracker)
     create_markdown_artifact(result.report.read_text(), key="evaluation-report")
@@ -111,6 +142,7 @@ def evaluate_task(settings: Settings, tracker: Tracker) -> EvaluationResult:
 
 
 @task(name="export ONNX", cache_policy=NO_CACHE)
+@clear_failure
 def export_task(settings: Settings, tracker: Tracker) -> ExportResult:
     return export_stage(settings, tracker)
 
@@ -161,17 +193,20 @@ def pipeline(
     settings = anchored(settings, project)
     try:
         tracker = Tracker.connect(settings.tracking, project)
-        validate_task(settings)
-        parent = fetch_task(settings, tracker)
+        _run(validate_task, settings)
+        parent = _run(fetch_task, settings, tracker)
         if more_epochs:
             settings = _extend(settings, parent, more_epochs)
-        trained = train_task(settings, tracker, project, parent)
-        examples_task(settings, tracker)
-        evaluation = evaluate_task(settings, tracker)
-        exported = export_task(settings, tracker) if export_onnx else None
-    except BaseException as exc:
-        reason = describe_failure(exc) if isinstance(exc, Exception) else type(exc).__name__
+        trained = _run(train_task, settings, tracker, project, parent)
+        _run(examples_task, settings, tracker)
+        evaluation = _run(evaluate_task, settings, tracker)
+        exported = _run(export_task, settings, tracker) if export_onnx else None
+    except Exception as exc:
+        reason = describe_failure(exc)
         create_markdown_artifact(f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {reason}\n", key="run-summary")
+        return Failed(message=reason, data=exc)  # type: ignore[return-value]
+    except BaseException as exc:
+        create_markdown_artifact(f"# NectarGAN run stopped\n\n**{type(exc).__name__}**\n", key="run-summary")
         raise
     create_markdown_artifact(_summary(trained, evaluation, settings), key="run-summary")
     get_run_logger().info("MLflow run %s, model version %s", trained.run_id, trained.model_version)

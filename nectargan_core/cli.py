@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
+import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -94,19 +94,16 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
-
-
 def _cmd_train(args: argparse.Namespace) -> int:
     from nectargan_core.stages import train_stage
     from nectargan_core.training.callbacks import ConsoleReporter
+    from nectargan_core.training.interrupt import stop_at_step_boundary
 
     settings = _settings(args)
     tracker = _tracker(settings)
-    # A plain `kill` (or a scheduler stopping the job) unwinds like Ctrl+C, so cached losses are written.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
-    result = train_stage(settings, tracker, Path.cwd(), [ConsoleReporter()])
+    # A plain `kill`, Ctrl+C, or (under `dvc repro`) the death of dvc stops after the current step.
+    with stop_at_step_boundary(follow_parent="DVC_STAGE" in os.environ):
+        result = train_stage(settings, tracker, Path.cwd(), [ConsoleReporter()])
     print(
         f"trained to epoch {result.last_epoch}; last checkpoint {result.checkpoint}; MLflow run {result.run_id}; "
         f"registered {settings.tracking.registered_model} version {result.model_version} "

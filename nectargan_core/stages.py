@@ -12,6 +12,7 @@ depends on) only its own code: a change to evaluation never makes training stale
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,6 +23,8 @@ from nectargan_core.checkpoint import find_checkpoint
 from nectargan_core.files import write_json_atomic
 from nectargan_core.layout import EvaluationPaths, RunPaths, onnx_path
 from nectargan_core.settings import Settings, with_changes
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from nectargan_core.data.validate import ValidationResult
@@ -127,7 +130,10 @@ def train_stage(
     if parent is not None:
         run_settings = with_changes(settings, {"train.continue_from": str(parent.checkpoint)})
         all_tags |= {"parent_model": parent.uri, "parent_model_version": parent.version, "parent_run_id": parent.run_id}
-    reopen = _interrupted_run(settings, tracker, paths) if parent is None else None
+    finished = _already_finished(settings, tracker, paths) if parent is None else None
+    if finished is not None:
+        return finished
+    reopen = _interrupted_run(settings, tracker, paths, project_dir) if parent is None else None
     if reopen is not None:
         all_tags = {"continued": "true"}  # the run's own tags stay; its params are the same settings
 
@@ -176,7 +182,49 @@ def _divergence(settings: Settings, last: EpochSummary) -> str | None:
     )
 
 
-def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths) -> str | None:
+def _already_finished(settings: Settings, tracker: Tracker, paths: RunPaths) -> TrainStageResult | None:
+    """A continue of the local run that trained to its total, was registered and whose tracking run
+    finished: the result as it stands, without a new (empty) tracking run or a second registration."""
+    from nectargan_core.checkpoint import CheckpointError, load_checkpoint
+    from nectargan_core.training.records import registered_versions
+
+    cfg = settings.train
+    own = (None, str(paths.checkpoints), str(paths.latest))
+    if not cfg.continue_train or cfg.continue_from not in own or cfg.load_epoch not in ("latest", cfg.total_epochs):
+        return None
+    version = registered_versions(paths.summary).get(cfg.total_epochs)
+    try:
+        run_id = json.loads(paths.summary.read_text()).get("mlflow_run_id")
+        epoch = load_checkpoint(paths.latest, mmap=True).get("epoch")
+    except (OSError, ValueError, CheckpointError):
+        return None
+    run = tracker.run(run_id) if version and run_id else None
+    if run is None or run.info.status != "FINISHED" or epoch != cfg.total_epochs:
+        return None
+    log.info(
+        "%s: already trained to epoch %d and registered as version %s (MLflow run %s); raise the total to train on",
+        paths.root,
+        epoch,
+        version,
+        run_id,
+    )
+    return TrainStageResult(run_id, paths.latest, epoch, str(version), paths.summary)
+
+
+def _comparable(params: dict[str, str], project_dir: Path) -> dict[str, str]:
+    """A run's params without the continue keys, paths absolute: a run the flow started (absolute
+    paths) and its continue from the CLI (relative ones) have the same settings."""
+    from nectargan_core.settings import PATH_KEYS
+
+    skip = ("train.continue_train", "train.load_epoch", "train.continue_from")
+    return {
+        key: str(project_dir / value) if key in PATH_KEYS and value != "null" else value
+        for key, value in params.items()
+        if key not in skip
+    }
+
+
+def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths, project_dir: Path) -> str | None:
     """The tracking run a local continue should reopen: the one in the checkpoint, if it never finished
     and had these settings. A dead run that is not reopened is marked KILLED, never left RUNNING."""
     from nectargan_core.checkpoint import CheckpointError, load_checkpoint
@@ -195,9 +243,7 @@ def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths) -> s
     run = tracker.run(run_id) if run_id else None
     if run is None or run.info.status == "FINISHED":
         return None
-    continue_keys = ("train.continue_train", "train.load_epoch", "train.continue_from")
-    now = {k: v for k, v in settings_params(settings).items() if k not in continue_keys}
-    if {k: v for k, v in run.data.params.items() if k not in continue_keys} == now:
+    if _comparable(run.data.params, project_dir) == _comparable(settings_params(settings), project_dir):
         return run_id
     if run.info.status == "RUNNING":
         tracker.client.set_terminated(run_id, "KILLED")

@@ -183,7 +183,9 @@ def test_a_run_killed_before_registration_is_finished_by_the_continue(sample_roo
     result = train_stage(again, tracker, tmp_path)
     assert result.last_epoch == 2 and result.model_version == "1"
     assert len(tracker.client.search_runs([tracker.experiment_id])) == 1
-    assert train_stage(again, tracker, tmp_path).model_version == "1"  # finished: not registered twice
+    finished = train_stage(again, tracker, tmp_path)  # finished: not registered twice, no empty run
+    assert (finished.run_id, finished.model_version, finished.last_epoch) == (result.run_id, "1", 2)
+    assert len(tracker.client.search_runs([tracker.experiment_id])) == 1
 
 
 def test_a_dead_run_with_other_settings_is_marked_killed(sample_root, tmp_path):

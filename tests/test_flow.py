@@ -9,6 +9,8 @@ os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
 import pytest
 from mlflow import MlflowClient
 from prefect.artifacts import Artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.pipeline import pipeline
@@ -75,6 +77,12 @@ def test_continue_from_the_registered_version(first_run, sample_root):
     assert run.data.params["train.generator.epochs"] == "4"
 
 
+def _task_states(flow_state) -> dict[str, object]:
+    flow_filter = FlowRunFilter(id=FlowRunFilterId(any_=[flow_state.state_details.flow_run_id]))
+    with get_client(sync_client=True) as client:
+        return {run.task_key.rsplit("-", 1)[0]: run.state for run in client.read_task_runs(flow_run_filter=flow_filter)}
+
+
 def test_missing_alias_fails_before_training_and_names_what_exists(first_run, sample_root):
     project, _, _ = first_run
     with pytest.raises(RegistryError, match=r"no alias 'nightly'; aliases: current -> \d"):
@@ -83,6 +91,20 @@ def test_missing_alias_fails_before_training_and_names_what_exists(first_run, sa
             continue_from="models:/nectargan-generator@nightly",
             project_dir=str(project),
         )
+
+
+def test_a_failed_task_and_its_flow_run_carry_the_one_line_message(first_run, sample_root):
+    project, _, _ = first_run
+    state = pipeline(
+        settings=tiny_settings(sample_root),
+        continue_from="models:/nectargan-generator@nightly",
+        project_dir=str(project),
+        return_state=True,
+    )
+    assert state.is_failed()
+    assert state.message.startswith("models:/nectargan-generator@nightly") and "aliases: current ->" in state.message
+    fetch = _task_states(state)["fetch_task"]
+    assert fetch.is_failed() and fetch.message == state.message  # the CLI's line, not a traceback
 
 
 def test_mismatched_architecture_fails_before_training(first_run, sample_root):

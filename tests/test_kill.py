@@ -77,6 +77,8 @@ def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(
 
     assert result.run_id == killed.info.run_id and result.model_version == "1"  # one run, registered once
     assert tracker.client.get_run(result.run_id).info.status == "FINISHED"
+    for key in ("loss/g", "lr/g"):  # one value per epoch: the replayed epoch is not logged twice
+        assert [m.step for m in tracker.client.get_metric_history(result.run_id, key)] == [1, 2, 3], key
     ours, theirs = tmp_path / "outputs" / "train", reference / "outputs" / "train"
     assert losses(epoch_rows(ours)) == losses(epoch_rows(theirs))
     a, b = load_checkpoint(ours / "checkpoints" / "latest.pt"), load_checkpoint(theirs / "checkpoints" / "latest.pt")

@@ -11,19 +11,33 @@ from PIL import Image
 from nectargan_core.tracking.tracker import SNAPSHOTS_ARTIFACT, Tracker, example_image_key
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 
+EPOCH_MARKER = "loss/d"  # logged for every epoch: its history says which epochs a run holds
+
 
 class MLflowCallback(TrainingCallback):
     """Per epoch (step = epoch): each loss unweighted and weighted, each weight, LRs, time, images/s;
-    example strips as step images; every snapshot as an artifact when asked (log_checkpoints: all)."""
+    example strips as step images; every snapshot as an artifact when asked (log_checkpoints: all).
+
+    A reopened run (a continue after a kill) already holds the epochs it logged before it died.
+    The continue replays them bit for bit from the last checkpoint, so they are not logged twice:
+    one training keeps one metric history with one value per epoch.
+    """
 
     def __init__(self, tracker: Tracker, run_id: str, log_checkpoints: str) -> None:
         self.client = tracker.client
         self.run_id = run_id
         self.log_checkpoints = log_checkpoints
+        self.logged_through = 0
+
+    def on_train_start(self, start_epoch: int, total_epochs: int, changed: list[str]) -> None:
+        history = self.client.get_metric_history(self.run_id, EPOCH_MARKER)
+        self.logged_through = max((metric.step for metric in history), default=0)
 
     def on_epoch_end(self, summary: EpochSummary) -> None:
+        if summary.epoch <= self.logged_through:
+            return
         values = {
-            "loss/d": summary.loss_d,
+            EPOCH_MARKER: summary.loss_d,
             "loss/g": summary.loss_g,
             "lr/g": summary.lr_g,
             "lr/d": summary.lr_d,
@@ -40,6 +54,8 @@ class MLflowCallback(TrainingCallback):
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_examples(self, epoch: int, paths: list[Path]) -> None:
+        if epoch <= self.logged_through:
+            return
         for index, path in enumerate(paths):
             with Image.open(path) as image:
                 self.client.log_image(self.run_id, image.copy(), key=example_image_key(index), step=epoch)

@@ -119,8 +119,9 @@ class Tracker:
         ) as run:
             try:
                 yield run.info.run_id
-            except KeyboardInterrupt:
-                mlflow.end_run("KILLED")
+            except BaseException as exc:
+                if not isinstance(exc, Exception):  # Ctrl+C, SIGTERM, a host's termination signal
+                    mlflow.end_run("KILLED")
                 raise
 
     def run(self, run_id: str) -> Run | None:

@@ -27,6 +27,7 @@ from nectargan_core.device import autocast_dtype, resolve_device
 from nectargan_core.files import compose_strip, held_lock, save_image_atomic, write_atomic, write_json_atomic
 from nectargan_core.layout import RunPaths, checkpoint_name, strip_name
 from nectargan_core.settings import Settings
+from nectargan_core.training import interrupt
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 from nectargan_core.training.records import LossLog, append_epoch_row
 from nectargan_core.training.resume import architecture, start_point
@@ -236,6 +237,7 @@ def _run_epoch(
             x = x.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
             y = y.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
             values = step(x, y)
+            interrupt.check()  # a SIGTERM or Ctrl+C stops here, between steps
             running += values
             if loss_log is not None:
                 per_step.append(values)

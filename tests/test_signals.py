@@ -1,0 +1,121 @@
+"""SIGTERM to the real processes a user starts: `nectargan train`, `dvc repro` and `python -m flows`.
+
+Each stops training at a step boundary, marks the MLflow run KILLED, says how to continue and
+leaves no child process behind; the continue then finishes in the same MLflow run.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from mlflow import MlflowClient
+
+from .helpers import tiny_settings
+
+pytestmark = pytest.mark.slow  # real processes, each trains for a few seconds
+
+BIN = Path(sys.executable).parent
+
+
+def _project(sample_root: Path, tmp_path: Path, epochs: int = 20) -> Path:
+    """A project folder whose params.yaml trains long enough to be interrupted."""
+    settings = tiny_settings(sample_root, **{"generator.epochs": epochs})
+    (tmp_path / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
+    return tmp_path
+
+
+def _env(project: Path) -> dict[str, str]:
+    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(project / "prefect-home")}
+
+
+def _wait_for_epoch(project: Path, process: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the first checkpoint is written (training is under way, and can be continued)."""
+    checkpoint = project / "outputs" / "train" / "checkpoints" / "latest.pt"
+    deadline = time.monotonic() + timeout
+    while not checkpoint.exists():
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline, "training did not start"
+        time.sleep(0.2)
+
+
+def _runs(project: Path) -> list:
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    return client.search_runs([client.get_experiment_by_name("nectargan").experiment_id])
+
+
+def _assert_gone(pids: list[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE for pid in pids):
+        assert time.monotonic() < deadline, f"still running: {[p for p in pids if psutil.pid_exists(p)]}"
+        time.sleep(0.2)
+
+
+def _continue(project: Path) -> None:
+    args = ["nectargan", "train", "-s", "train.continue_train=true"]
+    done = subprocess.run(args, cwd=project, env=_env(project), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_sigterm_to_nectargan_train_stops_at_a_step_and_the_continue_reopens_the_run(sample_root, tmp_path):
+    project = _project(sample_root, tmp_path)
+    train = subprocess.Popen(["nectargan", "train"], cwd=project, env=_env(project), stderr=subprocess.PIPE, text=True)
+    _wait_for_epoch(project, train)
+    train.send_signal(signal.SIGTERM)
+    _, err = train.communicate(timeout=60)
+    assert train.returncode == 130, err[-3000:]
+    assert "SIGTERM: stopping after this step" in err and "continue with -s train.continue_train=true" in err
+    assert "Traceback" not in err
+    (run,) = _runs(project)
+    assert run.info.status == "KILLED"
+    _continue(project)
+    (run,) = _runs(project)
+    assert run.info.status == "FINISHED"
+
+
+def test_sigterm_to_dvc_repro_stops_its_train_stage(sample_root, tmp_path):
+    project = _project(sample_root, tmp_path)
+    env = _env(project)
+    for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
+        subprocess.run(command, cwd=project, env=env, check=True)
+    (project / "dvc.yaml").write_text("stages:\n  train:\n    cmd: nectargan train\n")
+    repro = subprocess.Popen(["dvc", "repro"], cwd=project, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _wait_for_epoch(project, repro)
+    stage = [p.pid for p in psutil.Process(repro.pid).children(recursive=True)]
+    assert stage, "dvc runs the stage in a child process"
+    repro.send_signal(signal.SIGTERM)
+    repro.wait(timeout=30)
+    _assert_gone(stage)  # the stage does not train on, unowned
+    (run,) = _runs(project)
+    assert run.info.status == "KILLED"
+
+
+def test_sigterm_to_the_flow_stops_the_temporary_prefect_server(sample_root, tmp_path):
+    project = _project(sample_root, tmp_path)
+    env = {key: value for key, value in _env(project).items() if key != "PREFECT_API_URL"}
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "flows", "--project-dir", str(project)],
+        cwd=Path(__file__).resolve().parents[1],
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    _wait_for_epoch(project, flow)
+    children = [p.pid for p in psutil.Process(flow.pid).children(recursive=True)]
+    assert any("uvicorn" in " ".join(psutil.Process(pid).cmdline()) for pid in children)
+    flow.send_signal(signal.SIGTERM)
+    _, err = flow.communicate(timeout=60)
+    assert flow.returncode == 130, err[-3000:]
+    assert "interrupted: the MLflow run is marked KILLED" in err
+    _assert_gone(children)  # Prefect's temporary server, and any data workers
+    (run,) = _runs(project)
+    assert run.info.status == "KILLED"
+    _continue(project)
+    (run,) = _runs(project)
+    assert run.info.status == "FINISHED"
