@@ -39,11 +39,13 @@ from nectargan_core.stages import (
     export_stage,
     fetch_parent,
     train_stage,
+    trained_result,
     validate_stage,
 )
 from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import ConsoleReporter, EpochSummary, TrainingCallback
+from nectargan_core.training.launch import train_in_processes
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -122,7 +124,11 @@ def fetch_task(settings: Settings, tracker: Tracker) -> RegisteredCheckpoint | N
 def train_task(
     settings: Settings, tracker: Tracker, project_dir: Path, parent: RegisteredCheckpoint | None
 ) -> TrainStageResult:
+    """In this process, or with train.nproc_per_node > 1 in that many processes through torchrun (the
+    processes fetch a registered parent themselves; their progress is in this task's output)."""
     tags = {"prefect_flow_run_id": str(flow_run.id)}
+    if settings.train.nproc_per_node > 1:
+        return trained_result(train_in_processes(settings, project_dir, tags))
     callbacks = [ConsoleReporter(), ProgressArtifact()]
     return train_stage(settings, tracker, project_dir, callbacks, tags=tags, parent=parent)
 

@@ -9,6 +9,7 @@ is stored. Mixed precision is bf16, which needs no grad scaler.
 
 from __future__ import annotations
 
+import pickle
 import shutil
 from pathlib import Path
 from typing import Any, Literal
@@ -53,6 +54,11 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: holds Python objects other than tensors and plain data, so it was not loaded (loading "
+            f"it could run code); use a checkpoint nectargan wrote. {_others(path)}"
+        ) from None
     except Exception as exc:
         raise CheckpointError(
             f"{path}: not a readable checkpoint, truncated or of another kind ({exc.__class__.__name__}: {exc}). "
@@ -72,8 +78,17 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
 
 
 def _others(path: Path) -> str:
-    """What else a user could load instead of a bad file: the other checkpoints beside it."""
+    """What else a user could load instead of a bad file: the other checkpoints beside it, and for a
+    run's rolling full state, that run's epoch snapshots."""
     others = sorted(p.name for p in path.parent.glob("*.pt") if p != path) if path.parent.is_dir() else []
+    run = RunPaths(path.parent.parent)
+    if path.parent.name == run.checkpoints.name and run.snapshots.is_dir():
+        snapshots = sorted(p.name for p in run.snapshots.glob("*.pt"))
+        if snapshots:
+            return (
+                f"The run's snapshots: {', '.join(snapshots)} in {run.snapshots}; continue from one with "
+                f"-s train.load_epoch=N (a full snapshot), or point train.continue_from (or --model) at one."
+            )
     if not others:
         return "No other checkpoint is beside it; retrain, or point at a good file."
     return f"Beside it: {', '.join(others)}; point train.continue_from (or --model) at one of them."

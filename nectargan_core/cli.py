@@ -94,16 +94,35 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tags(pairs: list[str]) -> dict[str, str]:
+    bad = [pair for pair in pairs if "=" not in pair]
+    if bad:
+        raise ValueError(f"--tag {bad[0]!r} must look like KEY=VALUE")
+    return dict(pair.split("=", 1) for pair in pairs)
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
+    from nectargan_core.distributed import World, under_launcher
     from nectargan_core.stages import train_stage
     from nectargan_core.training.callbacks import ConsoleReporter
-    from nectargan_core.training.interrupt import stop_at_step_boundary
+    from nectargan_core.training.interrupt import stop_at_step_boundary, term_when_parent_dies
 
     settings = _settings(args)
-    tracker = _tracker(settings)
+    under_dvc = "DVC_STAGE" in os.environ
+    if settings.train.nproc_per_node > 1 and not under_launcher():
+        from nectargan_core.training.launch import launch
+
+        if under_dvc:
+            term_when_parent_dies()  # torchrun's launcher then stops the training processes
+        return launch(settings.train.nproc_per_node, args.argv)
+    world = World.from_env()
+    tracker = _tracker(settings) if world.is_main else None  # the other ranks never touch the store
     # A plain `kill`, Ctrl+C, or (under `dvc repro`) the death of dvc stops after the current step.
-    with stop_at_step_boundary(follow_parent="DVC_STAGE" in os.environ):
-        result = train_stage(settings, tracker, Path.cwd(), [ConsoleReporter()])
+    with stop_at_step_boundary(follow_parent=under_dvc):
+        callbacks = [ConsoleReporter()] if world.is_main else []
+        result = train_stage(settings, tracker, Path.cwd(), callbacks, tags=_tags(args.tags))
+    if not world.is_main:
+        return 0
     print(
         f"trained to epoch {result.last_epoch}; last checkpoint {result.checkpoint}; MLflow run {result.run_id}; "
         f"registered {settings.tracking.registered_model} version {result.model_version} "
@@ -285,6 +304,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = _project_command(
         sub, "train", _cmd_train, help="stage train: train (or continue) in an MLflow run, register the checkpoint"
     )
+    p.add_argument(
+        "--tag",
+        dest="tags",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an extra tag of the MLflow run (repeatable; the Prefect flow passes its flow run id)",
+    )
 
     p = _project_command(
         sub, "examples", _cmd_examples, help="stage examples: strips of the final checkpoint on validation samples"
@@ -372,6 +399,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a launcher repeats in each process
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         return args.func(args)

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import torch
 
+from nectargan_core.distributed import World
 from nectargan_core.settings import TrainSettings
 
 
-def resolve_device(cfg: TrainSettings) -> torch.device:
+def resolve_device(cfg: TrainSettings, world: World | None = None) -> torch.device:
+    """The configured device; under torchrun on CUDA, this process's GPU (LOCAL_RANK)."""
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+    kind = ("cuda" if torch.cuda.is_available() else "cpu") if cfg.device == "auto" else cfg.device
+    if kind == "cuda" and world is not None and world.distributed:
+        if world.local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK {world.local_rank} but this machine has {torch.cuda.device_count()} GPU(s); "
+                "set train.nproc_per_node (or torchrun --nproc-per-node) to at most that"
+            )
+        torch.cuda.set_device(world.local_rank)
+        return torch.device("cuda", world.local_rank)
+    return torch.device(kind)
 
 
 def autocast_dtype(cfg: TrainSettings, device: torch.device) -> torch.dtype | None:

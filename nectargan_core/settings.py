@@ -353,6 +353,12 @@ class TrainSettings(Strict):
         Path("outputs/train"), description="Where checkpoints/, examples/, the loss log and epoch table are written."
     )
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto: CUDA when available, else CPU.")
+    nproc_per_node: int = Field(
+        1,
+        ge=1,
+        description="Training processes on this machine (one per GPU): above 1, `nectargan train` starts them "
+        "through torchrun (DistributedDataParallel); data.batch_size is the global batch they share.",
+    )
     precision: Literal["auto", "fp32", "bf16"] = Field(
         "auto", description="bf16: bfloat16 autocast; auto: bf16 on CUDA, fp32 on CPU."
     )
@@ -547,6 +553,11 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         )
     if settings.train.total_epochs < 1:
         problems.append("train.generator.epochs + train.generator.epochs_decay must be at least 1")
+    if settings.data.batch_size % train.nproc_per_node:
+        problems.append(
+            f"data.batch_size ({settings.data.batch_size}) is the global batch and must divide evenly over "
+            f"train.nproc_per_node ({train.nproc_per_node}) processes"
+        )
     return problems
 
 
@@ -637,6 +648,8 @@ def load_settings(path: Path | str = "params.yaml", overrides: list[str] | tuple
         tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
         raise SettingsError(str(path), [f"not valid YAML: {exc}"]) from None
+    except UnicodeDecodeError:
+        raise SettingsError(str(path), ["not a text file (not UTF-8); pass the YAML params file"]) from None
     if tree is None:
         raise SettingsError(
             str(path), ["the params file is empty; copy the project's params.yaml (every key with its default)"]

@@ -100,7 +100,7 @@ def fetch_parent(settings: Settings, tracker: Tracker) -> RegisteredCheckpoint |
 
 def train_stage(
     settings: Settings,
-    tracker: Tracker,
+    tracker: Tracker | None,
     project_dir: Path,
     callbacks: Sequence[TrainingCallback] = (),
     tags: dict[str, str] | None = None,
@@ -116,28 +116,46 @@ def train_stage(
     Continuing a local run that was interrupted (its tracking run did not finish, the settings
     are the same) reopens that tracking run, so one training keeps one metric history; a run
     already at its total only finishes (it is registered if it was not yet).
+
+    Under torchrun every process calls this: rank 0 does all of the above, the others only train
+    (``tracker`` may be None there: they never touch the tracking store).
     """
+    from nectargan_core.device import resolve_device
+    from nectargan_core.distributed import World, broadcast, destroy_process_group, init_process_group
     from nectargan_core.tracking.callback import MLflowCallback
     from nectargan_core.tracking.provenance import run_tags
     from nectargan_core.tracking.registry import register_model
     from nectargan_core.training.records import registered_versions
     from nectargan_core.training.trainer import train
 
-    ensure_validated(settings)
     paths = RunPaths.of(settings)
+    world = World.from_env()
+    init_process_group(world, resolve_device(settings.train, world))
+    if not world.is_main:  # rank 0 says whether there is training to do (a failure ends torchrun's job)
+        result = train(settings) if broadcast(None, world) else None
+        destroy_process_group()  # done already when it trained
+        last = result.last_epoch if result else settings.train.total_epochs
+        return TrainStageResult("", None, last, None, paths.summary)
+    if tracker is None:
+        raise ValueError("rank 0 trains in a tracking run: pass the tracker")
+
+    ensure_validated(settings)
     parent = parent or fetch_parent(settings, tracker)
     run_settings, all_tags = settings, run_tags(settings, project_dir, tags)
     if parent is not None:
         run_settings = with_changes(settings, {"train.continue_from": str(parent.checkpoint)})
         all_tags |= {"parent_model": parent.uri, "parent_model_version": parent.version, "parent_run_id": parent.run_id}
-    finished = _already_finished(settings, tracker, paths) if parent is None else None
+    finished = _already_finished(settings, tracker, paths, project_dir) if parent is None else None
     if finished is not None:
+        broadcast(False, world)
+        destroy_process_group()
         return finished
     reopen = _interrupted_run(settings, tracker, paths, project_dir) if parent is None else None
     if reopen is not None:
         all_tags = {"continued": "true"}  # the run's own tags stay; its params are the same settings
 
     registered = registered_versions(paths.summary)  # read before training rewrites the summary
+    broadcast(True, world)
     with tracker.start_run(all_tags, settings.tracking.system_metrics, run_id=reopen) as run_id:
         if reopen is None:
             tracker.log_settings(run_id, settings)
@@ -169,6 +187,20 @@ def train_stage(
     return TrainStageResult(run_id, result.checkpoint, result.last_epoch, version, paths.summary)
 
 
+def trained_result(summary: Path) -> TrainStageResult:
+    """What a train stage that ran in other processes left in its summary."""
+    recorded = json.loads(summary.read_text())
+    checkpoint = recorded.get("checkpoint")
+    version = recorded.get("model_version")
+    return TrainStageResult(
+        recorded["mlflow_run_id"],
+        Path(checkpoint) if checkpoint else None,
+        recorded["last_epoch"],
+        str(version) if version else None,
+        summary,
+    )
+
+
 def _divergence(settings: Settings, last: EpochSummary) -> str | None:
     """Why the final epoch's losses say training diverged, or None."""
     bound = settings.train.diverged_above
@@ -182,10 +214,13 @@ def _divergence(settings: Settings, last: EpochSummary) -> str | None:
     )
 
 
-def _already_finished(settings: Settings, tracker: Tracker, paths: RunPaths) -> TrainStageResult | None:
+def _already_finished(
+    settings: Settings, tracker: Tracker, paths: RunPaths, project_dir: Path
+) -> TrainStageResult | None:
     """A continue of the local run that trained to its total, was registered and whose tracking run
     finished: the result as it stands, without a new (empty) tracking run or a second registration."""
     from nectargan_core.checkpoint import CheckpointError, load_checkpoint
+    from nectargan_core.tracking.tracker import settings_params
     from nectargan_core.training.records import registered_versions
 
     cfg = settings.train
@@ -201,6 +236,8 @@ def _already_finished(settings: Settings, tracker: Tracker, paths: RunPaths) -> 
     run = tracker.run(run_id) if version and run_id else None
     if run is None or run.info.status != "FINISHED" or epoch != cfg.total_epochs:
         return None
+    if _comparable(run.data.params, project_dir) != _comparable(settings_params(settings), project_dir):
+        return None  # other settings: the trainer checks them against the checkpoint (and says what changed)
     log.info(
         "%s: already trained to epoch %d and registered as version %s (MLflow run %s); raise the total to train on",
         paths.root,
@@ -216,7 +253,8 @@ def _comparable(params: dict[str, str], project_dir: Path) -> dict[str, str]:
     paths) and its continue from the CLI (relative ones) have the same settings."""
     from nectargan_core.settings import PATH_KEYS
 
-    skip = ("train.continue_train", "train.load_epoch", "train.continue_from")
+    # How many processes train changes how, not what: a run continues with another number of them.
+    skip = ("train.continue_train", "train.load_epoch", "train.continue_from", "train.nproc_per_node")
     return {
         key: str(project_dir / value) if key in PATH_KEYS and value != "null" else value
         for key, value in params.items()

@@ -121,3 +121,14 @@ def test_mismatched_architecture_fails_before_training(first_run, sample_root):
         [client.get_experiment_by_name("nectargan").experiment_id], order_by=["attributes.start_time DESC"]
     )[0]
     assert newest.info.status == "FAILED"
+
+
+def test_the_train_task_trains_in_two_processes(first_run, sample_root):
+    project, _, client = first_run
+    settings = tiny_settings(sample_root, project / "outputs" / "ddp", nproc_per_node=2)
+    result = pipeline(settings=settings, project_dir=str(project))
+    assert result["last_epoch"] == 2 and result["model_version"]
+    run = client.get_run(result["mlflow_run_id"])
+    assert run.data.params["train.nproc_per_node"] == "2"
+    assert run.data.tags["prefect_flow_run_id"] not in ("", "None")  # the task's tag reached the processes
+    assert [row["epoch"] for row in epoch_rows(project / "outputs" / "ddp")] == ["1", "2"]

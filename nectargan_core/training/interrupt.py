@@ -27,6 +27,11 @@ def _handler(signum: int, frame: object) -> None:
     print(f"{signal.Signals(signum).name}: stopping after this step (again to stop at once)", file=sys.stderr)
 
 
+def requested() -> bool:
+    """Whether a stop was asked for (under torchrun the ranks agree on it at their sync points)."""
+    return _requested.is_set()
+
+
 def check() -> None:
     """Raise KeyboardInterrupt if a stop was asked for; call it between steps."""
     if _requested.is_set():
@@ -34,7 +39,7 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
-def _term_when_parent_dies() -> None:
+def term_when_parent_dies() -> None:
     """Ask the kernel for a SIGTERM when the launching process dies (Linux), so a killed
     ``dvc repro`` does not leave its stage training on, unowned."""
     if not sys.platform.startswith("linux"):
@@ -52,7 +57,7 @@ def stop_at_step_boundary(follow_parent: bool = False) -> Iterator[None]:
     parent = os.getppid()
     previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
     if follow_parent:
-        _term_when_parent_dies()
+        term_when_parent_dies()
         if os.getppid() != parent:  # it died before the kernel was asked to watch
             _requested.set()
     try:

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from nectargan_core.distributed import World
 from nectargan_core.losses.gan import discriminator_loss
 from nectargan_core.losses.objective import GeneratorObjective
 from nectargan_core.losses.perceptual import VGGPerceptualLoss, load_vgg19_features, vgg19_weights_file
@@ -63,14 +64,22 @@ def _build_vgg(settings: Settings) -> VGGPerceptualLoss | None:
 class GANStep:
     """Holds G, D, their optimisers and the objective; ``__call__`` runs one step on a batch."""
 
-    def __init__(self, settings: Settings, device: torch.device, amp_dtype: torch.dtype | None) -> None:
+    def __init__(
+        self, settings: Settings, device: torch.device, amp_dtype: torch.dtype | None, world: World | None = None
+    ) -> None:
         cfg = settings.train
         self.settings = settings
         self.device = device
         self.amp_dtype = amp_dtype
+        self.world = world or World()
         self.memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         self.generator = build_generator(settings).to(device, memory_format=self.memory_format)
         self.discriminator = build_discriminator(settings).to(device, memory_format=self.memory_format)
+        # Under torchrun, G and D each get a DDP wrapper of their own (one over both breaks the two-
+        # optimiser step); the wrappers start from rank 0's weights. The plain modules stay the ones
+        # that are saved, loaded and run for examples.
+        self._g = self._parallel(self.generator)
+        self._d = self._parallel(self.discriminator)
         fused = device.type == "cuda"  # one kernel for all parameters; CPU has no fused Adam
         self.opt_g = torch.optim.Adam(
             self.generator.parameters(), lr=cfg.generator.initial, betas=(cfg.generator.beta1, BETA2), fused=fused
@@ -85,6 +94,12 @@ class GANStep:
         self.weights: dict[str, float] = {}
         self.layout = LossLayout(())
         self.set_epoch(1)
+
+    def _parallel(self, module: torch.nn.Module) -> torch.nn.Module:
+        if not self.world.distributed:
+            return module
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=ids)
 
     def set_epoch(self, epoch: int) -> tuple[float, float]:
         """Apply the LR schedules and loss weights of ``epoch``; returns (lr_g, lr_d)."""
@@ -103,16 +118,18 @@ class GANStep:
     def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One step; returns the detached losses on the device, unsynced, laid out as ``self.layout``."""
         with self.autocast():
-            fake = self.generator(x)
+            fake = self._g(x)
 
         self.discriminator.requires_grad_(True)
         self.opt_d.zero_grad(set_to_none=True)
         with self.autocast():
-            loss_d = discriminator_loss(self.discriminator(x, y), self.discriminator(x, fake.detach()), self.gan_mode)
-        loss_d.backward()
+            loss_d = discriminator_loss(self._d(x, y), self._d(x, fake.detach()), self.gan_mode)
+        loss_d.backward()  # under DDP: D's gradients are averaged over the processes here
         self.opt_d.step()
 
-        self.discriminator.requires_grad_(False)  # G's backward needs no D parameter grads
+        # G's step runs D frozen and unwrapped: G's backward needs no D gradients, so D's DDP wrapper
+        # (which expects one) stays out of it; G's gradients are averaged by G's wrapper.
+        self.discriminator.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with self.autocast():
             logits = self.discriminator(x, fake) if self.weights["gan"] > 0 else None

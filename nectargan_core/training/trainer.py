@@ -13,6 +13,7 @@ import os
 import shutil
 import time
 from collections.abc import Sequence
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,17 @@ from nectargan_core.checkpoint import prune_checkpoints, save_checkpoint, snapsh
 from nectargan_core.data.dataset import PairedImageDataset
 from nectargan_core.data.transforms import PairTransform
 from nectargan_core.device import autocast_dtype, resolve_device
+from nectargan_core.distributed import (
+    DistributedError,
+    RankBatches,
+    World,
+    any_rank,
+    broadcast,
+    destroy_process_group,
+    init_process_group,
+    mean_over_ranks,
+    rank_seed,
+)
 from nectargan_core.files import compose_strip, held_lock, save_image_atomic, write_atomic, write_json_atomic
 from nectargan_core.layout import RunPaths, checkpoint_name, strip_name
 from nectargan_core.settings import Settings
@@ -129,27 +141,35 @@ def train(
     run it continues. A run already at its total trains nothing and only finishes (summary, the
     caller's registration). One process at a time trains into an output folder (a lock that names
     its holder).
+
+    Under torchrun every process calls this; rank 0 alone decides where training starts, holds the
+    lock and writes files (the callbacks are rank 0's), and the others train their share of each
+    global batch.
     """
     paths = RunPaths.of(settings)
-    with held_lock(paths.lock, f"train.output_dir {paths.root}"):
-        return _train(settings, paths, callbacks, run or {})
+    world = World.from_env()
+    lock = held_lock(paths.lock, f"train.output_dir {paths.root}") if world.is_main else nullcontext()
+    with lock:
+        return _train(settings, paths, callbacks, run or {}, world)
 
 
 def _train(
-    settings: Settings, paths: RunPaths, callbacks: Sequence[TrainingCallback], run: dict[str, str]
+    settings: Settings, paths: RunPaths, callbacks: Sequence[TrainingCallback], run: dict[str, str], world: World
 ) -> TrainResult:
     cfg = settings.train
-    device = resolve_device(cfg)
+    device = resolve_device(cfg, world)
+    init_process_group(world, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
 
     torch.manual_seed(settings.seed)
-    step = GANStep(settings, device, autocast_dtype(cfg, device))
+    step = GANStep(settings, device, autocast_dtype(cfg, device), world)
     dataset = PairedImageDataset(settings.data, "train", PairTransform(settings.data, train=True))
-    examples = _fixed_examples(settings)
+    examples = _fixed_examples(settings) if world.is_main else None
 
-    start = start_point(settings, paths)
+    # Rank 0 moves, trims and reads the run's files; the others get the state it loaded.
+    start = broadcast(start_point(settings, paths) if world.is_main else None, world)
     if start.state is not None:
         step.load_state_dict(start.state)
     if start.warm_start is not None:
@@ -157,10 +177,13 @@ def _train(
     last_checkpoint = start.checkpoint
 
     generator = torch.Generator()
+    if world.distributed:  # each process takes its share of the global batches one process would see
+        batches = {"batch_sampler": RankBatches(len(dataset), settings.data.batch_size, world, generator)}
+    else:
+        batches = {"batch_size": settings.data.batch_size, "shuffle": True}
     loader = DataLoader(
         dataset,
-        batch_size=settings.data.batch_size,
-        shuffle=True,
+        **batches,
         generator=generator,
         num_workers=settings.data.num_workers,
         pin_memory=device.type == "cuda",
@@ -168,7 +191,8 @@ def _train(
         # threads of whatever hosts training (Prefect, MLflow's system metrics) and can hang or die.
         multiprocessing_context=_worker_context() if settings.data.num_workers > 0 else None,
     )
-    loss_log = LossLog(paths.loss_log) if settings.logging.log_losses else None
+    loss_log = LossLog(paths.loss_log) if settings.logging.log_losses and world.is_main else None
+    keep_steps = settings.logging.log_losses
     total = cfg.total_epochs
     result = TrainResult(paths.root, start.epoch, start.epoch - 1, last_checkpoint, changed_settings=start.changed)
     for cb in callbacks:
@@ -177,12 +201,13 @@ def _train(
     try:
         for epoch in range(start.epoch, total + 1):
             seed = epoch_seed(settings.seed, epoch)
-            torch.manual_seed(seed)
-            generator.manual_seed(seed)
-            summary = _run_epoch(step, loader, epoch, total, loss_log, callbacks, last_checkpoint)
+            torch.manual_seed(rank_seed(seed, world))  # augmentation and dropout: a stream per process
+            generator.manual_seed(seed)  # the order of the samples: the same in every process
+            summary = _run_epoch(step, loader, epoch, total, loss_log, keep_steps, callbacks, last_checkpoint)
             if loss_log is not None and epoch % settings.logging.dump_frequency == 0:
                 loss_log.flush()
-            append_epoch_row(paths.epochs, summary.as_row())
+            if world.is_main:
+                append_epoch_row(paths.epochs, summary.as_row())
             result.history.append(summary)
             result.last_epoch = epoch
             for cb in callbacks:
@@ -197,15 +222,24 @@ def _train(
                 if loss_log is not None:
                     loss_log.flush()  # the log always reaches the newest checkpoint, even if killed later
                 _check_finite_weights(step, epoch, last_checkpoint)
+                if not world.is_main:
+                    continue
                 last_checkpoint, snapshot = _save(step, settings, epoch, paths, run)
                 result.checkpoint = last_checkpoint
                 for cb in callbacks:
                     cb.on_checkpoint(epoch, last_checkpoint, snapshot)
+    except torch.distributed.DistError as exc:
+        raise DistributedError(
+            f"rank {world.rank} lost contact with another training process ({exc}); the other process died "
+            "or hangs: its own error says why. Continue with -s train.continue_train=true"
+        ) from None
     finally:
         if loss_log is not None:
             loss_log.flush()  # whatever is cached is written, also on error or Ctrl+C
+        destroy_process_group()
 
-    _write_summary(paths, result, settings, device)
+    if world.is_main:
+        _write_summary(paths, result, settings, device)
     for cb in callbacks:
         cb.on_train_end(result.last_epoch, result.checkpoint)
     return result
@@ -217,11 +251,13 @@ def _run_epoch(
     epoch: int,
     total: int,
     loss_log: LossLog | None,
+    keep_steps: bool,
     callbacks: Sequence[TrainingCallback],
     last_checkpoint: Path | None,
 ) -> EpochSummary:
+    """One epoch; under torchrun the losses shown, checked and logged are the means over the processes."""
     lr_g, lr_d = step.set_epoch(epoch)
-    layout, device = step.layout, step.device
+    layout, device, world = step.layout, step.device, step.world
     running = torch.zeros(2 + len(layout.terms), device=device)
     per_step: list[torch.Tensor] = []
     every = step.settings.logging.progress_every
@@ -231,28 +267,38 @@ def _run_epoch(
     step.generator.train()
     step.discriminator.train()
     images = 0
+    complete = False
     started = time.perf_counter()
     try:
         for index, (x, y) in enumerate(loader, start=1):
             x = x.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
             y = y.to(device, non_blocking=True).contiguous(memory_format=step.memory_format)
             values = step(x, y)
-            interrupt.check()  # a SIGTERM or Ctrl+C stops here, between steps
+            if not world.distributed:
+                interrupt.check()  # a SIGTERM or Ctrl+C stops here, between steps
             running += values
-            if loss_log is not None:
+            if keep_steps:
                 per_step.append(values)
-            images += x.shape[0]
+            images += x.shape[0] * world.size
             if index % every == 0:  # the only device sync inside the epoch
-                live = layout.unpack((running / index).tolist())
+                if any_rank(interrupt.requested(), world, device):  # every process stops at this step
+                    raise KeyboardInterrupt
+                live = layout.unpack((mean_over_ranks(running, world) / index).tolist())
                 _check_finite(live, layout, per_step, epoch, index, last_checkpoint)
                 for cb in callbacks:
                     cb.on_progress(epoch, index, dict(live.items()))
         steps = len(loader)
-        mean = layout.unpack((running / steps).tolist())
+        if any_rank(interrupt.requested(), world, device):
+            raise KeyboardInterrupt
+        mean = layout.unpack((mean_over_ranks(running, world) / steps).tolist())
+        if world.distributed and per_step:
+            per_step = list(mean_over_ranks(torch.stack(per_step), world).unbind())
         seconds = time.perf_counter() - started
         _check_finite(mean, layout, per_step, epoch, steps, last_checkpoint)
-    finally:  # the epoch's rows reach the cache also when it fails or is interrupted
-        if loss_log is not None and per_step:
+        complete = True
+    finally:  # the epoch's rows reach the cache also when it fails or is interrupted (one process:
+        # under torchrun a torn epoch's rows, of rank 0 alone, would be dropped by the continue anyway)
+        if loss_log is not None and per_step and (complete or not world.distributed):
             try:
                 loss_log.add_epoch(epoch, _read_steps(layout, per_step), step.weights)
             except RuntimeError:  # e.g. a broken CUDA context: keep the original error visible
