@@ -15,6 +15,7 @@ import torch
 from mlflow import MlflowClient
 from torch.utils.data import DataLoader
 
+from nectargan_core.checkpoint import load_checkpoint
 from nectargan_core.cli import main
 from nectargan_core.distributed import RankBatches, World
 from nectargan_core.settings import SettingsError, with_changes
@@ -147,8 +148,18 @@ if os.environ.get("RANK") == "1" and os.environ.get("NECTARGAN_TEST_KILL"):
 """
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(sample_root, tmp_path_factory) -> Path:
+    """Three epochs in two processes, never stopped."""
+    project = _project(sample_root, tmp_path_factory.mktemp("uninterrupted"), **{"generator.epochs": 3})
+    done = _run(["nectargan", "train", "-s", "train.nproc_per_node=2"], project)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return project
+
+
 @pytest.mark.slow
-def test_a_dying_rank_fails_the_job_then_the_continue_finishes_with_other_process_counts(sample_root, tmp_path):
+@pytest.mark.parametrize("again", [2, 1])
+def test_a_dying_rank_fails_the_job_then_the_continue_finishes(sample_root, tmp_path, uninterrupted, again):
     project = _project(sample_root, tmp_path, **{"generator.epochs": 3})
     hook = tmp_path / "hook"
     hook.mkdir()
@@ -163,10 +174,24 @@ def test_a_dying_rank_fails_the_job_then_the_continue_finishes_with_other_proces
     assert run.info.status in ("FAILED", "KILLED")  # never left RUNNING
     assert [row["epoch"] for row in epoch_rows(project / "outputs" / "train")] == ["1"]
 
-    # Written by 2 processes, continued by 1: the same global batch, so the same optimisation.
-    done = _run(["nectargan", "train", "-s", "train.continue_train=true"], project)
+    # Written by 2 processes, continued by 2 (bit for bit the run that never stopped) or by 1 (the
+    # same global batches, so the same optimisation, to float rounding).
+    resume = ["nectargan", "train", "-s", "train.continue_train=true", "-s", f"train.nproc_per_node={again}"]
+    done = _run(resume, project)
     assert done.returncode == 0, done.stderr[-3000:]
-    (again,) = client.search_runs([experiment])
-    assert again.info.run_id == run.info.run_id and again.info.status == "FINISHED"
-    assert [row["epoch"] for row in epoch_rows(project / "outputs" / "train")] == ["1", "2", "3"]
+    (same,) = client.search_runs([experiment])
+    assert same.info.run_id == run.info.run_id and same.info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/g")] == [1, 2, 3]
+    ours = losses(epoch_rows(project / "outputs" / "train"))
+    theirs = losses(epoch_rows(uninterrupted / "outputs" / "train"))
+    a = load_checkpoint(project / "outputs" / "train" / "checkpoints" / "latest.pt")
+    b = load_checkpoint(uninterrupted / "outputs" / "train" / "checkpoints" / "latest.pt")
+    if again == 2:
+        assert ours == theirs
+        assert all(torch.equal(a[net][k], b[net][k]) for net in ("generator", "discriminator") for k in a[net])
+    else:
+        for mine, reference in zip(ours, theirs, strict=True):
+            for key, value in mine.items():
+                assert (float(value) if value else 0.0) == pytest.approx(
+                    float(reference[key]) if reference[key] else 0.0, rel=1e-4
+                ), key
