@@ -392,6 +392,12 @@ class TrainSettings(Strict):
         "start anew; D starts fresh when the file holds only G). Not with continue_train.",
     )
     examples_every: int = Field(1, ge=1, description="Save example strips every N epochs (and at the last).")
+    validate_every: int = Field(
+        1,
+        ge=0,
+        description="Every N epochs (and at the last), L1, PSNR and SSIM of G on the val split with fixed crops: "
+        "val/ metrics in MLflow and val_ columns in the epoch table, comparable across loss weightings (0: never).",
+    )
     num_examples: int = Field(4, ge=0, description="Fixed validation samples shown as input | generated | target.")
 
     @field_validator("load_epoch")

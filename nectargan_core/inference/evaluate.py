@@ -12,7 +12,6 @@ from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 from nectargan_core.data.dataset import PairedImageDataset, list_pairs
 from nectargan_core.data.transforms import PairTransform
@@ -20,10 +19,8 @@ from nectargan_core.device import resolve_device
 from nectargan_core.files import atomic_path, compose_strip, save_image_atomic, write_json_atomic, write_text_atomic
 from nectargan_core.inference.generator import load_generator
 from nectargan_core.layout import EvaluationPaths
-from nectargan_core.losses.pixel import laplacian_loss, sobel_loss
+from nectargan_core.losses.metrics import METRICS, per_image_metrics
 from nectargan_core.settings import Settings
-
-METRICS = ("l1", "l2", "psnr", "ssim", "sobel", "laplacian")
 
 
 @dataclass(frozen=True)
@@ -82,19 +79,6 @@ def _to_uint8(images: torch.Tensor) -> torch.Tensor:
 def evaluation_split(settings: Settings) -> str:
     root = Path(settings.data.root)
     return "test" if (root / "test").is_dir() and list_pairs(root, "test", settings.data.layout) else "val"
-
-
-def per_image_metrics(fake: torch.Tensor, real: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Each metric per image of a batch in [-1, 1]; PSNR and SSIM on [0, 1] (data range 1)."""
-    fake01, real01 = (fake.float() + 1) / 2, (real.float() + 1) / 2
-    return {
-        "l1": (fake - real).abs().mean(dim=(1, 2, 3)),
-        "l2": (fake - real).square().mean(dim=(1, 2, 3)),
-        "psnr": peak_signal_noise_ratio(fake01, real01, data_range=1.0, reduction="none", dim=(1, 2, 3)),
-        "ssim": structural_similarity_index_measure(fake01, real01, data_range=1.0, reduction="none"),
-        "sobel": torch.stack([sobel_loss(f[None], r[None]) for f, r in zip(fake, real, strict=True)]),
-        "laplacian": torch.stack([laplacian_loss(f[None], r[None]) for f, r in zip(fake, real, strict=True)]),
-    }
 
 
 @torch.no_grad()

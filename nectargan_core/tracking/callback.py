@@ -10,6 +10,7 @@ from PIL import Image
 
 from nectargan_core.tracking.tracker import SNAPSHOTS_ARTIFACT, Tracker, example_image_key
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
+from nectargan_core.training.validation import val_key
 
 EPOCH_MARKER = "loss/d"  # logged for every epoch: its history says which epochs a run holds
 
@@ -49,6 +50,8 @@ class MLflowCallback(TrainingCallback):
         for name, value in summary.losses.items():
             values[f"loss/{name}"] = value
             values[f"loss/{name}_weighted"] = value * summary.weights[name]
+        for name, value in summary.val.items():
+            values[val_key(name)] = value
         now = int(time.time() * 1000)
         metrics = [Metric(key, float(value), now, summary.epoch) for key, value in values.items()]
         self.client.log_batch(self.run_id, metrics=metrics)

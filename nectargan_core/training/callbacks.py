@@ -11,6 +11,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from nectargan_core.training.validation import val_column
+
 
 @dataclass(frozen=True)
 class EpochSummary:
@@ -24,6 +26,7 @@ class EpochSummary:
     loss_g: float
     losses: dict[str, float] = field(default_factory=dict)  # active terms, unweighted means
     weights: dict[str, float] = field(default_factory=dict)  # every term's weight this epoch
+    val: dict[str, float] = field(default_factory=dict)  # validation metrics, when validated this epoch
 
     def as_row(self) -> dict[str, object]:
         row: dict[str, object] = {
@@ -40,6 +43,8 @@ class EpochSummary:
         for name, value in self.losses.items():
             row[name] = value
             row[f"{name}_weighted"] = value * self.weights[name]
+        for name, value in self.val.items():
+            row[val_column(name)] = value
         return row
 
 
@@ -94,10 +99,11 @@ class ConsoleReporter(TrainingCallback):
             self._bar.close()
             self._bar = None
         losses = "  ".join(f"{name} {value:.4f}" for name, value in summary.losses.items())
+        val = "".join(f"  val {name} {value:.4f}" for name, value in summary.val.items())
         print(
             f"epoch {summary.epoch}/{summary.total_epochs}  {summary.seconds:.1f}s  "
             f"{summary.images_per_s:.1f} img/s  lr G {summary.lr_g:.3g} D {summary.lr_d:.3g}  "
-            f"D {summary.loss_d:.4f}  G {summary.loss_g:.4f}  {losses}",
+            f"D {summary.loss_d:.4f}  G {summary.loss_g:.4f}  {losses}{val}",
             file=self.stream,
             flush=True,
         )

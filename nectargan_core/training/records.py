@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from nectargan_core.files import atomic_path, own_copy
 from nectargan_core.settings import LOSS_NAMES
+from nectargan_core.training.validation import VAL_METRICS, val_column
 
 if TYPE_CHECKING:
     from nectargan_core.training.step import Losses
@@ -32,11 +33,29 @@ EPOCH_COLUMNS = (
     *LOSS_NAMES,
     *(f"{name}_weighted" for name in LOSS_NAMES),
     *(f"{name}_weight" for name in LOSS_NAMES),
+    *(val_column(name) for name in VAL_METRICS),
 )
+
+
+def _widen(path: Path, columns: Sequence[str]) -> None:
+    """A table written before some columns existed gets them (empty) once, through a temp file."""
+    with path.open(newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or rows[0] == list(columns) or not set(rows[0]) <= set(columns):
+        return
+    old = rows[0]
+    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(columns)
+        for row in rows[1:]:
+            by_name = dict(zip(old, row, strict=False))
+            writer.writerow([by_name.get(column, "") for column in columns])
 
 
 def _append(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     new = not path.exists() or path.stat().st_size == 0
+    if not new:
+        _widen(path, columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     with own_copy(path).open("a", newline="") as handle:
         writer = csv.writer(handle)

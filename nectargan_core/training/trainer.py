@@ -14,7 +14,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 from nectargan_core.training.records import LossLog, append_epoch_row
 from nectargan_core.training.resume import architecture, start_point
 from nectargan_core.training.step import GANStep, Losses, LossLayout
+from nectargan_core.training.validation import ValidationPairs, validate
 
 log = logging.getLogger(__name__)
 
@@ -167,6 +168,7 @@ def _train(
     step = GANStep(settings, device, autocast_dtype(cfg, device), world)
     dataset = PairedImageDataset(settings.data, "train", PairTransform(settings.data, train=True))
     examples = _fixed_examples(settings) if world.is_main else None
+    val_pairs = ValidationPairs.load(settings) if cfg.validate_every and world.is_main else None
 
     # Rank 0 moves, trims and reads the run's files; the others get the state it loaded.
     start = broadcast(start_point(settings, paths) if world.is_main else None, world)
@@ -204,6 +206,9 @@ def _train(
             torch.manual_seed(rank_seed(seed, world))  # augmentation and dropout: a stream per process
             generator.manual_seed(seed)  # the order of the samples: the same in every process
             summary = _run_epoch(step, loader, epoch, total, loss_log, keep_steps, callbacks, last_checkpoint)
+            if val_pairs is not None and (epoch % cfg.validate_every == 0 or epoch == total):
+                scores = validate(step.generator, val_pairs, device, step.autocast)
+                summary = replace(summary, val=scores)
             if loss_log is not None and epoch % settings.logging.dump_frequency == 0:
                 loss_log.flush()
             if world.is_main:

@@ -1,0 +1,62 @@
+"""Per-epoch validation: G on the val split with fixed crops, the numbers that compare across runs.
+
+The training losses are scaled by the very loss weights a study compares; L1, PSNR and SSIM of
+G's output against the target on the same val pairs are not. The pairs go through the eval
+transform (no random crop or flip) once and stay in memory, so every epoch and every run of a
+study is measured on the same pixels. Validation draws no random numbers, so it changes nothing
+of the training that follows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from nectargan_core.data.dataset import PairedImageDataset
+from nectargan_core.data.transforms import PairTransform
+from nectargan_core.losses.metrics import per_image_metrics
+from nectargan_core.settings import Settings
+
+VAL_METRICS = ("l1", "psnr", "ssim")
+VAL_BATCH = 8
+
+
+def val_key(metric: str) -> str:
+    """The MLflow metric name of a validation metric (``val/psnr``)."""
+    return f"val/{metric}"
+
+
+def val_column(metric: str) -> str:
+    """Its column in the epoch table (``val_psnr``)."""
+    return f"val_{metric}"
+
+
+@dataclass(frozen=True)
+class ValidationPairs:
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+    @classmethod
+    def load(cls, settings: Settings) -> ValidationPairs:
+        dataset = PairedImageDataset(settings.data, "val", PairTransform(settings.data, train=False))
+        pairs = [dataset[i] for i in range(len(dataset))]
+        return cls(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+
+
+@torch.no_grad()
+def validate(generator: torch.nn.Module, pairs: ValidationPairs, device: torch.device, autocast) -> dict[str, float]:
+    """Mean L1, PSNR and SSIM of ``generator`` (in eval mode) over the pairs; it is left in train mode."""
+    sums = dict.fromkeys(VAL_METRICS, 0.0)
+    generator.eval()
+    try:
+        for start in range(0, len(pairs.inputs), VAL_BATCH):
+            x = pairs.inputs[start : start + VAL_BATCH].to(device, non_blocking=True)
+            y = pairs.targets[start : start + VAL_BATCH].to(device, non_blocking=True)
+            with autocast():
+                fake = generator(x)
+            for name, values in per_image_metrics(fake.float().clamp(-1, 1), y.float(), VAL_METRICS).items():
+                sums[name] += float(values.sum())
+    finally:
+        generator.train()
+    return {name: total / len(pairs.inputs) for name, total in sums.items()}
