@@ -120,7 +120,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     # A plain `kill`, Ctrl+C, or (under `dvc repro`) the death of dvc stops after the current step.
     with stop_at_step_boundary(follow_parent=under_dvc):
         callbacks = [ConsoleReporter()] if world.is_main else []
-        result = train_stage(settings, tracker, Path.cwd(), callbacks, tags=_tags(args.tags))
+        result = train_stage(
+            settings, tracker, Path.cwd(), callbacks, tags=_tags(args.tags), register=not args.no_register
+        )
     if not world.is_main:
         return 0
     print(
@@ -262,10 +264,40 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     out = args.out or Path(settings.outputs.compare)
-    board = compare_runs(settings, _tracker(settings), out, args.runs, args.filter)
+    query = args.filter
+    if args.sweep:
+        from nectargan_core.sweep import children_filter
+
+        query = " and ".join(filter(None, (query, children_filter(args.sweep))))
+    board = compare_runs(settings, _tracker(settings), out, args.runs, query)
     print(board.to_markdown())
     print(f"leaderboard and side_by_side.png in {out}")
     return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from nectargan_core import sweep
+
+    named = sweep.named_weightings(args.file) if args.file else []
+    combinations = sweep.combine(named, sweep.grid(args.overrides))
+    if len(combinations) == 1 and not combinations[0].overrides:
+        raise ValueError("nothing to sweep: give -s key=v1,v2 (commas make the grid) or --file weightings.yaml")
+    name = args.name or sweep.sweep_name(combinations)
+    settings, paths, children = sweep.plan(args.params, args.base, combinations, name)
+    tracker = _tracker(settings)
+    print(f"sweep {name}: {len(children)} combinations, trained into {paths.root / 'runs'}")
+    parent, children = sweep.run_sweep(tracker, Path.cwd(), name, children, args.jobs)
+    best = sweep.best_child(children, args.select_by)
+    version = sweep.register_best(tracker, parent, best, Path.cwd()) if args.register_best and best else None
+    written = sweep.write_report(tracker, parent, paths, children, best)
+    print(sweep.table(children))
+    if best is not None:
+        print(f"best by {args.select_by}: {best.combination.name} (MLflow run {best.run_id})")
+    if version is not None:
+        print(f"registered {settings.tracking.registered_model} version {version} (alias {settings.tracking.alias})")
+    print(f"parent MLflow run {parent}; report {written[0]}")
+    failed = [c for c in children if c.status == "failed"]
+    return 1 if failed else 0
 
 
 def _project_command(
@@ -312,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="an extra tag of the MLflow run (repeatable; the Prefect flow passes its flow run id)",
     )
+    p.add_argument("--no-register", action="store_true", help="train and track without registering (sweep children)")
 
     p = _project_command(
         sub, "examples", _cmd_examples, help="stage examples: strips of the final checkpoint on validation samples"
@@ -362,6 +395,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", nargs="*", default=[], help="MLflow run ids (default: every finished run)")
     p.add_argument("--filter", default="", help="MLflow filter, e.g. \"params.`train.loss.l1` = '50.0'\"")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.compare)")
+    p.add_argument("--sweep", default=None, help="the finished children of this sweep (its name)")
+
+    p = sub.add_parser("sweep", help="train a grid of settings as MLflow child runs under one parent, then compare")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    p.add_argument(
+        "-s",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a grid axis: top-level commas separate the values ([1,4] stays one value); repeatable",
+    )
+    p.add_argument("--base", action="append", default=[], metavar="KEY=VALUE", help="a fixed override for every child")
+    p.add_argument("--file", type=Path, default=None, help="YAML of named weightings {name: {key: value}}")
+    p.add_argument("--name", default=None, help="the sweep's name (default: from the grid; a rerun resumes it)")
+    p.add_argument("--jobs", type=int, default=1, help="children trained at a time, each in its own process")
+    p.add_argument("--select-by", default="val/psnr", help="the val metric that picks the best child")
+    p.add_argument("--register-best", action="store_true", help="register the best child (moves the alias)")
+    p.set_defaults(func=_cmd_sweep)
 
     p = sub.add_parser("pair", help="pair an A/ and a B/ folder (matched by file name) into aligned A|B images")
     p.add_argument("--a", type=Path, required=True, help="folder of A (input) images")

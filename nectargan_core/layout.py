@@ -196,6 +196,29 @@ class ComparePaths:
         return self.root / "side_by_side.png"
 
 
+@dataclass(frozen=True)
+class SweepPaths:
+    """One sweep under ``outputs.sweeps/NAME``: a training folder per child and the report."""
+
+    root: Path
+
+    def child(self, name: str) -> Path:
+        """The child's train.output_dir (its own, so no child sets aside or locks another's run)."""
+        return self.root / "runs" / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.md"
+
+    @property
+    def val_curves(self) -> Path:
+        return self.root / "val_curves.png"
+
+    @property
+    def grid(self) -> Path:
+        return self.root / "grid.png"
+
+
 def where_things_are(settings: Settings) -> list[tuple[str, str]]:
     """(what, where) for every output of the pipeline, as these settings place them."""
     run = RunPaths.of(settings)

@@ -497,6 +497,7 @@ class OutputSettings(Strict):
     review: Path = Field(Path("outputs/review"), description="Montage of example strips and loss graphs.")
     compare: Path = Field(Path("outputs/compare"), description="Leaderboard and side-by-side image of runs.")
     predict: Path = Field(Path("outputs/predict"), description="Default folder of `nectargan predict`.")
+    sweeps: Path = Field(Path("outputs/sweeps"), description="`nectargan sweep`: a folder per sweep, a run per child.")
 
 
 class Settings(Strict):

@@ -105,6 +105,7 @@ def train_stage(
     callbacks: Sequence[TrainingCallback] = (),
     tags: dict[str, str] | None = None,
     parent: RegisteredCheckpoint | None = None,
+    register: bool = True,
 ) -> TrainStageResult:
     """Train in an MLflow run and register the final checkpoint.
 
@@ -116,6 +117,8 @@ def train_stage(
     Continuing a local run that was interrupted (its tracking run did not finish, the settings
     are the same) reopens that tracking run, so one training keeps one metric history; a run
     already at its total only finishes (it is registered if it was not yet).
+
+    ``register=False`` (a sweep's children) trains and tracks without registering.
 
     Under torchrun every process calls this: rank 0 does all of the above, the others only train
     (``tracker`` may be None there: they never touch the tracking store).
@@ -171,8 +174,9 @@ def train_stage(
                 f"{settings.tracking.registered_model}@{settings.tracking.alias} did not move. Lower the learning "
                 "rates or the loss weights (or raise train.diverged_above) and train again."
             )
-        if result.checkpoint is not None and version is None:
+        if result.checkpoint is not None and version is None and register:
             version = register_model(tracker, run_id, result.checkpoint, settings, project_dir)
+        _log_compare_images(tracker, run_id, paths)
         _update_summary(
             paths.summary,
             {
@@ -185,6 +189,24 @@ def train_stage(
             },
         )
     return TrainStageResult(run_id, result.checkpoint, result.last_epoch, version, paths.summary)
+
+
+def _log_compare_images(tracker: Tracker, run_id: str, paths: RunPaths) -> None:
+    """The run's val curves and final strips under the names every run uses."""
+    import tempfile
+
+    from nectargan_core.reports.studies import final_strips, val_curves
+    from nectargan_core.tracking.tracker import FINAL_STRIPS_NAME, VAL_CURVES_NAME
+
+    with tempfile.TemporaryDirectory(prefix="nectargan-compare-") as folder:
+        files = (
+            [val_curves({paths.root.name: paths.epochs}, Path(folder) / VAL_CURVES_NAME)]
+            if paths.epochs.exists()
+            else []
+        )
+        if (strips := final_strips(paths.examples, Path(folder) / FINAL_STRIPS_NAME)) is not None:
+            files.append(strips)
+        tracker.log_compare_images(run_id, files)
 
 
 def trained_result(summary: Path) -> TrainStageResult:

@@ -112,7 +112,7 @@ def example_montage(examples_dir: Path, out_path: Path, every: int = 1, samples:
     return save_image_atomic(canvas, out_path)
 
 
-def _read_epochs(epochs_csv: Path) -> tuple[list[str], list[dict[str, str]]]:
+def read_epochs(epochs_csv: Path) -> tuple[list[str], list[dict[str, str]]]:
     """Header and rows of the epoch table, sorted by epoch; torn rows of a killed run are skipped."""
     epochs_csv = Path(epochs_csv)
     if not epochs_csv.is_file():
@@ -143,7 +143,7 @@ def _terms(header: Sequence[str], rows: list[dict[str, str]]) -> list[str]:
 
 def plotted_terms(epochs_csv: Path) -> list[str]:
     """Unweighted loss terms that ran in at least one epoch, in the project's loss order: what loss_terms.png shows."""
-    header, rows = _read_epochs(Path(epochs_csv))
+    header, rows = read_epochs(Path(epochs_csv))
     return _terms(header, rows)
 
 
@@ -159,7 +159,7 @@ def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
     from matplotlib.ticker import MaxNLocator
 
     epochs_csv, paths = Path(epochs_csv), ReviewPaths(Path(out_dir))
-    header, rows = _read_epochs(epochs_csv)
+    header, rows = read_epochs(epochs_csv)
     epochs = [int(row["epoch"]) for row in rows]
     style = {"marker": "o", "markersize": 3, "linewidth": 1.5}  # markers keep single-epoch values visible
     paths.root.mkdir(parents=True, exist_ok=True)

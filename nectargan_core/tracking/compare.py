@@ -8,6 +8,7 @@ Runs are picked by id or by an MLflow filter string over the experiment, e.g.
 from __future__ import annotations
 
 import csv
+import logging
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,7 +24,11 @@ from nectargan_core.files import split_strip
 from nectargan_core.layout import STRIP_PATTERN, ComparePaths, strip_key
 from nectargan_core.settings import Settings
 from nectargan_core.tracking.tracker import EVAL_METRIC_PREFIX, FINAL_EXAMPLES_ARTIFACT, Tracker
+from nectargan_core.training.validation import val_key
 
+log = logging.getLogger(__name__)
+
+VAL_PREFIX = val_key("")
 HEADER_HEIGHT = 48
 """Pixels of the label row above the images of ``side_by_side`` (room for a name and three params)."""
 
@@ -104,8 +109,10 @@ def differing_params(runs: Sequence[Run]) -> list[str]:
 
 
 def _eval_keys(runs: Sequence[Run]) -> list[str]:
+    """The ``eval/*`` metrics, then the final per-epoch validation metrics (``val/*``)."""
     present = {key for run in runs for key in run.data.metrics if key.startswith(EVAL_METRIC_PREFIX)}
-    return [key for key in EVAL_ORDER if key in present] + sorted(present - set(EVAL_ORDER))
+    val = sorted({key for run in runs for key in run.data.metrics if key.startswith(VAL_PREFIX)})
+    return [key for key in EVAL_ORDER if key in present] + sorted(present - set(EVAL_ORDER)) + val
 
 
 def _format(value: Cell) -> str:
@@ -279,5 +286,8 @@ def compare_runs(
     board.write(out_dir)
     by_id = {run.info.run_id: run for run in runs}
     ranked = [by_id[str(row["run_id"])] for row in board.rows]  # best first, as in the leaderboard
-    side_by_side(client, ranked, ComparePaths(out_dir).side_by_side, max(settings.train.num_examples, 1))
+    try:
+        side_by_side(client, ranked, ComparePaths(out_dir).side_by_side, max(settings.train.num_examples, 1))
+    except ValueError as exc:  # runs without final examples (a sweep's children): the table still stands
+        log.warning("side_by_side.png skipped: %s", exc)
     return board

@@ -1,0 +1,87 @@
+"""Images that compare runs: validation curves (one run's, or a sweep's overlaid) and a run's final strips.
+
+Both read only a run folder's files (``epochs.csv``, ``examples/``), like ``review``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PIL import Image, ImageDraw
+
+from nectargan_core.files import save_image_atomic, split_strip, write_atomic
+from nectargan_core.reports.review import find_strips, read_epochs
+from nectargan_core.training.validation import VAL_METRICS, val_column
+
+
+def val_curves(tables: dict[str, Path], out_path: Path) -> Path:
+    """One PNG, a panel per validation metric, a line per labelled epoch table (runs without
+    validation rows are left out of the legend with a note)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(8, 2.6 * len(VAL_METRICS)), dpi=100, layout="constrained")
+    axes = fig.subplots(len(VAL_METRICS), 1, sharex=True, squeeze=False)[:, 0]
+    fig.suptitle("validation (fixed val crops): comparable across loss weightings")
+    for label, table in tables.items():
+        _, rows = read_epochs(table)
+        for ax, metric in zip(axes, VAL_METRICS, strict=True):
+            points = [(int(r["epoch"]), float(r[val_column(metric)])) for r in rows if r.get(val_column(metric))]
+            if points:
+                ax.plot(*zip(*points, strict=True), marker="o", markersize=3, linewidth=1.5, label=label)
+    for ax, metric in zip(axes, VAL_METRICS, strict=True):
+        ax.set_ylabel(f"val/{metric}")
+        ax.grid(True, alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if ax.get_lines():
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "no validation yet", ha="center", va="center", transform=ax.transAxes)
+    axes[-1].set_xlabel("epoch")
+    return write_atomic(out_path, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
+
+
+def final_strips(examples_dir: Path, out_path: Path) -> Path | None:
+    """The last epoch's example strips stacked top to bottom (None when there are none)."""
+    strips = find_strips(examples_dir) if examples_dir.is_dir() else {}
+    if not strips:
+        return None
+    last = max(epoch for epoch, _ in strips)
+    images = []
+    for _, sample in sorted(key for key in strips if key[0] == last):
+        with Image.open(strips[(last, sample)]) as image:
+            images.append(image.convert("RGB"))
+    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white")
+    top = 0
+    for image in images:
+        canvas.paste(image, (0, top))
+        top += image.height
+    return save_image_atomic(canvas, out_path)
+
+
+def weightings_grid(examples: dict[str, Path], out_path: Path, label_height: int = 20) -> Path | None:
+    """The same val inputs across runs: a row per sample (input, each run's generated image from its
+    last epoch's strips, target), a label row on top. None when the runs share no sample."""
+    last = {}
+    for label, folder in examples.items():
+        strips = find_strips(folder) if folder.is_dir() else {}
+        if strips:
+            epoch = max(e for e, _ in strips)
+            last[label] = {sample: path for (e, sample), path in strips.items() if e == epoch}
+    common = sorted(set.intersection(*(set(s) for s in last.values()))) if last else []
+    if not common:
+        return None
+    labels = ["input", *last, "target"]
+    first = next(iter(last.values()))
+    width, height = split_strip(first[common[0]])[0].size
+    canvas = Image.new("RGB", (len(labels) * width, label_height + len(common) * height), "white")
+    draw = ImageDraw.Draw(canvas)
+    for column, label in enumerate(labels):
+        draw.text((column * width + 2, 4), label[: max(width // 7, 4)], fill="black")
+    for row, sample in enumerate(common):
+        x, _, y = split_strip(first[sample])
+        cells = [x, *(split_strip(strips[sample])[1] for strips in last.values()), y]
+        for column, image in enumerate(cells):
+            canvas.paste(image.resize((width, height)), (column * width, label_height + row * height))
+    return save_image_atomic(canvas, out_path)
