@@ -10,7 +10,9 @@ cached loss log).
 
 from __future__ import annotations
 
+import base64
 import functools
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -30,6 +32,7 @@ from nectargan_core.checkpoint import CheckpointError
 from nectargan_core.errors import describe_failure
 from nectargan_core.inference.evaluate import EvaluationResult
 from nectargan_core.inference.onnx import ExportResult
+from nectargan_core.layout import SweepPaths
 from nectargan_core.settings import Settings, anchored, load_settings, with_changes
 from nectargan_core.stages import (
     DatasetInvalid,
@@ -46,6 +49,23 @@ from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import ConsoleReporter, EpochSummary, TrainingCallback
 from nectargan_core.training.launch import train_in_processes
+
+MAX_INLINE_BYTES = 2_000_000
+_IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
+
+
+def inline_images(report: Path) -> str:
+    """The markdown of ``report`` with its local PNGs embedded as data URIs: the Prefect UI (in another
+    browser, maybe on another machine) cannot open files next to the report."""
+
+    def embed(match: re.Match[str]) -> str:
+        path = report.parent / match.group(2)
+        if not path.is_file() or path.stat().st_size > MAX_INLINE_BYTES:
+            return f"{match.group(0)} (not embedded: {path})"
+        return f"![{match.group(1)}](data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()})"
+
+    return _IMAGE.sub(embed, report.read_text())
+
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -143,7 +163,7 @@ def examples_task(settings: Settings, tracker: Tracker) -> list[Path]:
 @clear_failure
 def evaluate_task(settings: Settings, tracker: Tracker) -> EvaluationResult:
     result = evaluate_stage(settings, tracker)
-    create_markdown_artifact(result.report.read_text(), key="evaluation-report")
+    create_markdown_artifact(inline_images(result.report), key="evaluation-report")
     return result
 
 
@@ -222,4 +242,52 @@ def pipeline(
         "last_epoch": trained.last_epoch,
         "metrics": evaluation.metrics,
         "onnx": str(exported.path) if exported else None,
+    }
+
+
+@task(name="train sweep child", cache_policy=NO_CACHE)
+@clear_failure
+def train_child_task(settings: Settings, tracker: Tracker, project_dir: Path, tags: dict[str, str]) -> str:
+    return train_stage(settings, tracker, project_dir, [ConsoleReporter()], tags=tags, register=False).run_id
+
+
+@flow(name="nectargan-sweep", log_prints=True)
+def sweep_flow(
+    grid: list[str] | None = None,
+    name: str | None = None,
+    register_best: bool = False,
+    select_by: str = "val/psnr",
+    project_dir: str = ".",
+) -> dict[str, object]:
+    """Train every combination of a grid of settings as MLflow child runs under one parent run.
+
+    grid: axes like "train.loss.l1=50,100" (top-level commas separate the values).
+    name: the sweep's name (default: from the grid; rerunning a sweep skips its finished children).
+    register_best: register the best child by select_by (a val/ metric), which moves the alias.
+    """
+    from nectargan_core import sweep
+
+    project = Path(project_dir).resolve()
+    combinations = sweep.grid(grid or ["train.loss.l1=50,100"])
+    name = name or sweep.sweep_name(combinations)
+    settings, paths, children = sweep.plan(project / "params.yaml", [], combinations, name)
+    paths = SweepPaths(project / paths.root)
+    children = [sweep.ChildResult(child.combination, anchored(child.settings, project)) for child in children]
+    tracker = Tracker.connect(settings.tracking, project)
+    _run(validate_task, anchored(settings, project))
+
+    def train_child(child: sweep.ChildResult, tags: dict[str, str]) -> str:
+        return _run(train_child_task, child.settings, tracker, project, tags)
+
+    parent, children = sweep.run_sweep(tracker, project, name, children, train_child=train_child)
+    best = sweep.best_child(children, select_by)
+    version = sweep.register_best(tracker, parent, best, project) if register_best and best else None
+    report = sweep.write_report(tracker, parent, paths, children, best)[0]
+    create_markdown_artifact(inline_images(report), key="sweep-report")
+    return {
+        "parent_run_id": parent,
+        "children": {c.combination.name: {"run_id": c.run_id, "status": c.status} for c in children},
+        "best": best.combination.name if best else None,
+        "model_version": version,
+        "report": str(report),
     }

@@ -5,6 +5,7 @@
 Deployments (one flow run at a time each: one GPU):
   nectargan-pipeline/train             on demand, defaults = params.yaml
   nectargan-pipeline/nightly-continue  02:00 every night: continue models:/NAME@latest for more epochs
+  nectargan-sweep/sweep                on demand: a grid of settings as MLflow child runs under a parent
 """
 
 from __future__ import annotations
@@ -17,12 +18,12 @@ from pathlib import Path
 from prefect import serve
 from prefect.settings import PREFECT_API_URL
 
-from flows.pipeline import pipeline
+from flows.pipeline import pipeline, sweep_flow
 from nectargan_core.settings import load_settings
 
 
 def deployments(params_file: Path, nightly_cron: str = "0 2 * * *", nightly_epochs: int = 5) -> list:
-    """The two deployments, with the settings of ``params_file`` as default parameters."""
+    """The deployments, with the settings of ``params_file`` as default parameters."""
     settings = load_settings(params_file)
     defaults = {"settings": settings.model_dump(mode="json"), "project_dir": str(params_file.resolve().parent)}
     train = pipeline.to_deployment(
@@ -44,7 +45,14 @@ def deployments(params_file: Path, nightly_cron: str = "0 2 * * *", nightly_epoc
         description="Every night: continue the newest registered checkpoint for more epochs.",
         tags=["nectargan", "scheduled"],
     )
-    return [train, nightly]
+    sweep = sweep_flow.to_deployment(
+        name="sweep",
+        parameters={"grid": ["train.loss.l1=50,100"], "project_dir": defaults["project_dir"]},
+        concurrency_limit=1,
+        description="Train each combination of the grid (one after another) and report them on a parent run.",
+        tags=["nectargan", "sweep"],
+    )
+    return [train, nightly, sweep]
 
 
 def main() -> None:

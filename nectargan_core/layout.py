@@ -77,6 +77,23 @@ class RunPaths:
         return self.root / "snapshots"
 
     @property
+    def best(self) -> Path:
+        """The generator of the best validated epoch (train.select_by), as of the newest full state."""
+        return self.snapshots / "best.pt"
+
+    def best_candidate(self, epoch: int) -> Path:
+        """A new best epoch's generator, until the next full state makes it ``best``: a kill in between
+        leaves ``best`` as the full state it belongs with."""
+        return self.snapshots / f"best_{epoch:04d}.pt"
+
+    def best_candidates(self) -> dict[int, Path]:
+        found = {}
+        for path in self.snapshots.glob("best_*.pt") if self.snapshots.is_dir() else ():
+            if (number := path.stem.removeprefix("best_")).isdigit():
+                found[int(number)] = path
+        return found
+
+    @property
     def examples(self) -> Path:
         return self.root / "examples"
 

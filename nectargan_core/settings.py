@@ -398,6 +398,15 @@ class TrainSettings(Strict):
         description="Every N epochs (and at the last), L1, PSNR and SSIM of G on the val split with fixed crops: "
         "val/ metrics in MLflow and val_ columns in the epoch table, comparable across loss weightings (0: never).",
     )
+    select_by: Literal["val/l1", "val/psnr", "val/ssim"] | None = Field(
+        None,
+        description="Keep the best validated epoch by this metric in snapshots/best.pt; evaluation, examples, "
+        "export and the registered model's weights use it (the full state for continuing stays the newest).",
+    )
+    early_stop_patience: int | None = Field(
+        None, ge=1, description="Stop when select_by (smoothed) has not improved for this many epochs (null: never)."
+    )
+    early_stop_window: int = Field(1, ge=1, description="Validations averaged for early stopping (1: no smoothing).")
     num_examples: int = Field(4, ge=0, description="Fixed validation samples shown as input | generated | target.")
 
     @field_validator("load_epoch")
@@ -438,7 +447,8 @@ class TrackingSettings(Strict):
     uri: str | None = Field(
         None,
         description="MLflow tracking URI; null = the embedded default, an SQLite file mlflow.db in the project "
-        "folder (absolute path). A server URL such as http://127.0.0.1:5000 also works.",
+        "folder (absolute path; a queued DVC experiment's temporary copy logs into the project's). A server URL "
+        "such as http://127.0.0.1:5000 also works.",
     )
     experiment: str = Field("nectargan", min_length=1, description="MLflow experiment that holds the runs.")
     registered_model: str = Field(
@@ -560,6 +570,10 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         )
     if settings.train.total_epochs < 1:
         problems.append("train.generator.epochs + train.generator.epochs_decay must be at least 1")
+    if train.select_by and not train.validate_every:
+        problems.append("train.select_by needs validation: set train.validate_every to 1 or more")
+    if train.early_stop_patience and not train.select_by:
+        problems.append("train.early_stop_patience needs train.select_by (the metric it watches), e.g. val/psnr")
     if settings.data.batch_size % train.nproc_per_node:
         problems.append(
             f"data.batch_size ({settings.data.batch_size}) is the global batch and must divide evenly over "

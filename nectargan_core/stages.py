@@ -175,7 +175,8 @@ def train_stage(
                 "rates or the loss weights (or raise train.diverged_above) and train again."
             )
         if result.checkpoint is not None and version is None and register:
-            version = register_model(tracker, run_id, result.checkpoint, settings, project_dir)
+            selected = paths.best if settings.train.select_by and paths.best.exists() else None
+            version = register_model(tracker, run_id, result.checkpoint, settings, project_dir, selected)
         _log_compare_images(tracker, run_id, paths)
         _update_summary(
             paths.summary,
@@ -239,24 +240,27 @@ def _divergence(settings: Settings, last: EpochSummary) -> str | None:
 def _already_finished(
     settings: Settings, tracker: Tracker, paths: RunPaths, project_dir: Path
 ) -> TrainStageResult | None:
-    """A continue of the local run that trained to its total, was registered and whose tracking run
-    finished: the result as it stands, without a new (empty) tracking run or a second registration."""
+    """A continue of the local run that trained to its total (or stopped early), was registered and whose
+    tracking run finished: the result as it stands, without a new (empty) tracking run or a second
+    registration."""
     from nectargan_core.checkpoint import CheckpointError, load_checkpoint
     from nectargan_core.tracking.tracker import settings_params
     from nectargan_core.training.records import registered_versions
 
     cfg = settings.train
     own = (None, str(paths.checkpoints), str(paths.latest))
-    if not cfg.continue_train or cfg.continue_from not in own or cfg.load_epoch not in ("latest", cfg.total_epochs):
+    if not cfg.continue_train or cfg.continue_from not in own or cfg.load_epoch != "latest":
         return None
-    version = registered_versions(paths.summary).get(cfg.total_epochs)
     try:
-        run_id = json.loads(paths.summary.read_text()).get("mlflow_run_id")
+        recorded = json.loads(paths.summary.read_text())
         epoch = load_checkpoint(paths.latest, mmap=True).get("epoch")
     except (OSError, ValueError, CheckpointError):
         return None
-    run = tracker.run(run_id) if version and run_id else None
-    if run is None or run.info.status != "FINISHED" or epoch != cfg.total_epochs:
+    done = epoch == cfg.total_epochs or (recorded.get("stopped_early") and recorded.get("last_epoch") == epoch)
+    version = registered_versions(paths.summary).get(epoch)
+    run_id = recorded.get("mlflow_run_id")
+    run = tracker.run(run_id) if version and run_id and done else None
+    if run is None or run.info.status != "FINISHED":
         return None
     if _comparable(run.data.params, project_dir) != _comparable(settings_params(settings), project_dir):
         return None  # other settings: the trainer checks them against the checkpoint (and says what changed)
@@ -321,8 +325,12 @@ def _training_run_id(settings: Settings) -> str:
 
 
 def _final_checkpoint(settings: Settings) -> Path:
-    """The run's full state (its generator is what examples, evaluation and export use)."""
-    return find_checkpoint(RunPaths.of(settings).root, "latest")
+    """What examples, evaluation and export use: the best validated epoch's generator with
+    train.select_by, else the run's final full state."""
+    paths = RunPaths.of(settings)
+    if settings.train.select_by and paths.best.exists():
+        return paths.best
+    return find_checkpoint(paths.root, "latest")
 
 
 def examples_stage(settings: Settings, tracker: Tracker, out_dir: Path | None = None) -> list[Path]:

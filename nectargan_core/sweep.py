@@ -17,7 +17,7 @@ import logging
 import subprocess
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,12 +198,30 @@ def _train_in_subprocess(child: ChildResult, project_dir: Path, tags: dict[str, 
         raise RuntimeError(lines[-1].removeprefix("error: ") if lines else f"exit code {done.returncode}")
 
 
+TrainChild = Callable[[ChildResult, dict[str, str]], object]
+
+
 def run_sweep(
-    tracker: Tracker, project_dir: Path, name: str, children: list[ChildResult], jobs: int = 1
+    tracker: Tracker,
+    project_dir: Path,
+    name: str,
+    children: list[ChildResult],
+    jobs: int = 1,
+    train_child: TrainChild | None = None,
 ) -> tuple[str, list[ChildResult]]:
     """Train the children (one after another, or ``jobs`` at a time in processes of their own); a child
-    that fails is marked failed and the sweep goes on. Returns the parent run id and the results."""
+    that fails is marked failed and the sweep goes on. Returns the parent run id and the results.
+
+    ``train_child(child, tags)`` trains one child one after another (default: in this process; the
+    Prefect sweep flow passes its train task, so each child is a task run)."""
     from nectargan_core.errors import describe_failure
+
+    if train_child is None:
+        train_child = (
+            (lambda child, tags: _train_in_process(child, tracker, project_dir, tags))
+            if jobs == 1
+            else (lambda child, tags: _train_in_subprocess(child, project_dir, tags))
+        )
 
     parent = _parent_run(tracker, name, [c.combination for c in children])
 
@@ -214,10 +232,7 @@ def run_sweep(
             log.info("sweep %s: %s finished before (MLflow run %s), skipped", name, child.combination.name, done)
             return
         try:
-            if jobs == 1:
-                _train_in_process(child, tracker, project_dir, tags)
-            else:
-                _train_in_subprocess(child, project_dir, tags)
+            train_child(child, tags)
             child.status = "finished"
         except Exception as exc:  # one child failing (NaN, say) does not stop the others
             child.status, child.error = "failed", describe_failure(exc)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 from mlflow import MlflowClient
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -31,9 +33,11 @@ with get_client(sync_client=True) as client:  # serve registers the deployments 
         except ObjectNotFound:
             time.sleep(0.5)
 flow_run = run_deployment("nectargan-pipeline/train", parameters=json.loads(sys.argv[1]), timeout=240)
+sweep_run = run_deployment("nectargan-sweep/sweep", parameters={"name": "served"}, timeout=240)
 with get_client(sync_client=True) as client:
     nightly = client.read_deployment_by_name("nectargan-pipeline/nightly-continue")
     train = client.read_deployment_by_name("nectargan-pipeline/train")
+    sweep = client.read_deployment_by_name("nectargan-sweep/sweep")
     for _ in range(60):  # the server's scheduler service creates the upcoming nightly runs
         scheduled = [r for r in client.read_flow_runs() if r.deployment_id == nightly.id]
         if scheduled:
@@ -47,6 +51,10 @@ print(json.dumps({
     "nightly_params": nightly.parameters,
     "limits": [train.global_concurrency_limit.limit, nightly.global_concurrency_limit.limit],
     "settings_schema": sorted(train.parameter_openapi_schema["properties"]),
+    "sweep_state": sweep_run.state.type.value,
+    "sweep_message": sweep_run.state.message,
+    "sweep_schema": sorted(sweep.parameter_openapi_schema["properties"]),
+    "sweep_limit": sweep.global_concurrency_limit.limit,
 }))
 """
 
@@ -80,7 +88,7 @@ def prefect_env(tmp_path_factory):
         "PREFECT_HOME": str(home),
         "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",  # the browser test below looks at an artifact in the UI
     }
     log = home / "server.log"
     with log.open("w") as handle:
@@ -138,11 +146,57 @@ def test_served_deployment_runs_with_parameters(prefect_env, sample_root, tmp_pa
     assert report["scheduled"] and all(run == ["SCHEDULED", "02:00"] for run in report["scheduled"])
     assert report["nightly_params"]["continue_from"] == "models:/nectargan-generator@latest"
     assert report["limits"] == [1, 1]
+    assert report["sweep_state"] == "COMPLETED", report["sweep_message"]
+    assert report["sweep_schema"] == ["grid", "name", "project_dir", "register_best", "select_by"]
+    assert report["sweep_limit"] == 1
     assert {"settings", "continue_from", "more_epochs", "project_dir"} <= set(report["settings_schema"])
 
     uri = f"sqlite:///{project / 'mlflow.db'}"
     client = MlflowClient(uri, uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("nectargan").experiment_id])
+    runs = client.search_runs([client.get_experiment_by_name("nectargan").experiment_id])
+    (run,) = [r for r in runs if "nectargan.sweep" not in r.data.tags]
     assert run.data.params["train.loss.l1"] == "42.0"
+    (parent,) = [r for r in runs if r.data.tags.get("nectargan.sweep_role") == "parent"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(c.data.params["train.loss.l1"] for c in children) == ["100.0", "50.0"]
+    assert (project / "outputs" / "sweeps" / "served" / "report.md").exists()
     assert run.data.tags["prefect_flow_run_id"]
     assert (project / "outputs" / "eval" / "metrics.json").exists()
+
+
+ARTIFACT = """
+import sys
+from pathlib import Path
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from flows.pipeline import inline_images
+
+@flow
+def report():
+    return create_markdown_artifact(inline_images(Path(sys.argv[1])), key="browser-check")
+
+print(report())
+"""
+
+
+@pytest.mark.skipif(shutil.which("chromium") is None, reason="needs a browser: apt-get install chromium (Debian)")
+def test_a_report_artifact_shows_its_images_in_the_prefect_ui(prefect_env, tmp_path):
+    """In a real browser: the markdown artifact's images are embedded, so the UI shows them."""
+    Image.new("RGB", (64, 32), (200, 30, 30)).save(tmp_path / "curve.png")
+    (tmp_path / "report.md").write_text("# Report\n\n![curves](curve.png)\n")
+    made = subprocess.run(
+        [sys.executable, "-c", ARTIFACT, str(tmp_path / "report.md")],
+        cwd=ROOT,
+        env=prefect_env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert made.returncode == 0, made.stderr[-3000:]
+    artifact_id = made.stdout.strip().splitlines()[-1]
+    page = prefect_env["PREFECT_API_URL"].removesuffix("/api") + f"/artifacts/artifact/{artifact_id}"
+    browser = ["chromium", "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=20000"]
+    dom = subprocess.run([*browser, "--dump-dom", page], capture_output=True, text=True, timeout=120).stdout
+    subprocess.run([*browser, f"--screenshot={tmp_path / 'ui.png'}", "--window-size=1200,900", page], timeout=120)
+    assert '<img src="data:image/png;base64,' in dom or '<img alt="curves" src="data:image/png' in dom, dom[-3000:]
+    assert (tmp_path / "ui.png").stat().st_size > 0

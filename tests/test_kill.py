@@ -57,11 +57,21 @@ def reference(sample_root, tmp_path_factory):
     return project
 
 
-@pytest.mark.parametrize(("point", "epoch"), [("epoch_end", 2), ("examples", 2), ("checkpoint", 2), ("train_end", 3)])
+@pytest.mark.parametrize(
+    ("point", "epoch", "select"),
+    [
+        ("epoch_end", 2, None),
+        ("examples", 2, None),
+        ("checkpoint", 2, None),
+        ("train_end", 3, None),
+        ("examples", 2, "val/l1"),  # with a best epoch to keep
+        ("checkpoint", 1, "val/l1"),
+    ],
+)
 def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(
-    sample_root, reference, tmp_path, point, epoch
+    sample_root, reference, tmp_path, point, epoch, select
 ):
-    settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", **{"generator.epochs": 3})
+    settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", select_by=select, **{"generator.epochs": 3})
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(settings.model_dump(mode="json")))
     victim = subprocess.run(
@@ -87,3 +97,7 @@ def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
     assert (ours / "loss_log.csv").read_text() == (theirs / "loss_log.csv").read_text()
     assert not list(Path(ours).rglob(".*.tmp"))
+    if select:  # the best epoch of the uninterrupted run's validation, and no leftover candidates
+        best = min(epoch_rows(theirs), key=lambda row: float(row["val_l1"]))["epoch"]
+        assert load_checkpoint(ours / "snapshots" / "best.pt")["epoch"] == int(best)
+        assert not list((ours / "snapshots").glob("best_*.pt"))

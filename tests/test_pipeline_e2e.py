@@ -10,6 +10,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +242,28 @@ def test_dvc_exp_run_compares_loss_weightings(project):
     run(["dvc", "gc", "--workspace", "--force"], project)
     assert cache_bytes() < before
     assert "Data and pipelines are up to date" in run(["dvc", "status"], project)
+
+
+def test_queued_experiments_log_into_the_projects_store(project):
+    """`dvc exp run --queue` trains in temporary copies of the repo; the default SQLite store is the project's."""
+    uri = f"sqlite:///{project / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    experiment = client.get_experiment_by_name("nectargan").experiment_id
+    before = {r.info.run_id for r in client.search_runs([experiment])}
+    for value in ("10", "20"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"train.loss.l1={value}", "-n", f"q-{value}"], project)
+    run(["dvc", "queue", "start", "-j", "2"], project)
+    deadline = time.monotonic() + 600
+    while True:
+        status = run(["dvc", "queue", "status"], project)
+        rows = [line for line in status.splitlines() if "q-10" in line or "q-20" in line]
+        if len(rows) == 2 and all("Success" in line or "Failed" in line for line in rows):
+            break
+        assert time.monotonic() < deadline, status
+        time.sleep(2)
+    assert all("Success" in line for line in rows), status
+    new = [r for r in client.search_runs([experiment]) if r.info.run_id not in before]
+    assert sorted(r.data.params["train.loss.l1"] for r in new) == ["10.0", "20.0"]
+    assert {r.data.tags.get("dvc_experiment") for r in new} == {"q-10", "q-20"}
+    assert all(r.info.status == "FINISHED" for r in new)
+    assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into a temporary copy

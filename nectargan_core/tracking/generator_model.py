@@ -17,12 +17,13 @@ import torch
 
 from nectargan_core.models import build_generator
 from nectargan_core.settings import Settings
-from nectargan_core.tracking.registry import CHECKPOINT_ARTIFACT
+from nectargan_core.tracking.registry import CHECKPOINT_ARTIFACT, SELECTED_ARTIFACT
 
 
 class GeneratorModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context: mlflow.pyfunc.PythonModelContext) -> None:
-        checkpoint = context.artifacts[CHECKPOINT_ARTIFACT]
+        # The selected epoch's generator (train.select_by) when there is one, else the final state's.
+        checkpoint = context.artifacts.get(SELECTED_ARTIFACT, context.artifacts[CHECKPOINT_ARTIFACT])
         state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
         self.generator = build_generator(Settings.model_validate(state["settings"]))
         self.generator.load_state_dict(state["generator"])

@@ -32,6 +32,7 @@ from nectargan_core.tracking.tracker import MODEL_ARTIFACT, SNAPSHOTS_ARTIFACT, 
 
 MODEL_CODE = Path(__file__).with_name("generator_model.py")
 CHECKPOINT_ARTIFACT = "checkpoint"  # the pyfunc's artifact key (generator_model.py reads it)
+SELECTED_ARTIFACT = "selected"  # the best validated epoch's generator, when train.select_by chose one
 PINNED = ("torch", "numpy", "pydantic", "mlflow", "PyYAML")
 METADATA_KEY = "nectargan"
 
@@ -80,9 +81,12 @@ def input_example(info: dict[str, int]) -> np.ndarray:
     return rng.uniform(-1, 1, shape).round(2).astype(np.float32)
 
 
-def register_model(tracker: Tracker, run_id: str, full_state: Path, settings: Settings, project_dir: Path) -> str:
+def register_model(
+    tracker: Tracker, run_id: str, full_state: Path, settings: Settings, project_dir: Path, selected: Path | None = None
+) -> str:
     """Log the final full state beside a pyfunc of its generator, register it as a new version with
-    tags, and move the alias to it."""
+    tags, and move the alias to it. With ``selected`` (the best validated epoch's generator) the
+    pyfunc predicts with those weights; the full state stays what continue_from resumes."""
     cfg, client = settings.tracking, tracker.client
     state = load_checkpoint(full_state, mmap=True)
     epoch = int(state["epoch"])
@@ -90,7 +94,7 @@ def register_model(tracker: Tracker, run_id: str, full_state: Path, settings: Se
     logged = mlflow.pyfunc.log_model(
         name=MODEL_ARTIFACT,
         python_model=str(MODEL_CODE),
-        artifacts={CHECKPOINT_ARTIFACT: str(full_state)},
+        artifacts={CHECKPOINT_ARTIFACT: str(full_state), **({SELECTED_ARTIFACT: str(selected)} if selected else {})},
         code_paths=[str(Path(nectargan_core.__file__).parent)],
         signature=_signature(info),
         input_example=input_example(info),
@@ -110,6 +114,9 @@ def register_model(tracker: Tracker, run_id: str, full_state: Path, settings: Se
         "dvc_md5": file_md5(full_state),
         "full_state": f"artifacts/{full_state.name}",  # in the model's own artifacts
     }
+    if selected is not None:
+        picked = load_checkpoint(selected, mmap=True)
+        tags |= {"selected_epoch": str(picked["epoch"]), "selected_by": str(settings.train.select_by)}
     version = client.create_model_version(
         cfg.registered_model, logged.model_uri, run_id=run_id, tags=tags, model_id=logged.model_id
     ).version

@@ -52,9 +52,19 @@ class TrackingUnavailable(RuntimeError):
     """The configured tracking server does not answer."""
 
 
+def original_project(project_dir: Path) -> Path:
+    """The project itself, also from the temporary copy a queued DVC experiment runs in
+    (``PROJECT/.dvc/tmp/exps/tmpXXXX``): its runs belong in the project's store, not the copy's."""
+    parts = project_dir.resolve().parts
+    for index in range(len(parts) - 3):
+        if parts[index : index + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:index])
+    return project_dir.resolve()
+
+
 def tracking_uri(cfg: TrackingSettings, project_dir: Path) -> str:
     """The configured URI, or the embedded default: an SQLite file in the project, by absolute path."""
-    return cfg.uri or f"sqlite:///{(project_dir / 'mlflow.db').resolve()}"
+    return cfg.uri or f"sqlite:///{original_project(project_dir) / 'mlflow.db'}"
 
 
 def _artifact_location(uri: str) -> str | None:

@@ -127,6 +127,11 @@ def drop_epochs_after(paths: RunPaths, epoch: int) -> None:
     for number, path in list_checkpoints(paths.snapshots).items():
         if number > epoch:
             path.unlink()
+    for number, path in paths.best_candidates().items():
+        if number > epoch:
+            path.unlink()  # a best of an epoch after the full state: the continue validates it again
+    if paths.best.exists() and load_checkpoint(paths.best, mmap=True)["epoch"] > epoch:
+        paths.best.unlink()  # chosen on the branch being replaced; the continue chooses again
     if paths.examples.is_dir():
         for path in paths.examples.iterdir():
             key = strip_key(path.name)

@@ -43,6 +43,7 @@ from nectargan_core.training import interrupt
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 from nectargan_core.training.records import LossLog, append_epoch_row
 from nectargan_core.training.resume import architecture, start_point
+from nectargan_core.training.selection import Selection
 from nectargan_core.training.step import GANStep, Losses, LossLayout
 from nectargan_core.training.validation import ValidationPairs, validate
 
@@ -61,6 +62,9 @@ class TrainResult:
     checkpoint: Path | None
     history: list[EpochSummary] = field(default_factory=list)
     changed_settings: list[str] = field(default_factory=list)
+    stopped_early: str | None = None
+    selected_epoch: int | None = None  # the best validated epoch (train.select_by), and why
+    selected_why: str | None = None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -120,6 +124,9 @@ def _write_summary(paths: RunPaths, result: TrainResult, settings: Settings, dev
         "precision": str(autocast_dtype(settings.train, device) or torch.float32).removeprefix("torch."),
         "changed_settings": result.changed_settings,
         "final_epoch": asdict(last) if last else None,
+        "selected_epoch": result.selected_epoch,
+        "selected_why": result.selected_why,
+        "stopped_early": result.stopped_early,
     }
     write_json_atomic(paths.summary, summary)
 
@@ -197,11 +204,20 @@ def _train(
     keep_steps = settings.logging.log_losses
     total = cfg.total_epochs
     result = TrainResult(paths.root, start.epoch, start.epoch - 1, last_checkpoint, changed_settings=start.changed)
+    selection = None
+    if cfg.select_by:
+        saved = start.state.get("selection") if start.state else None
+        metric = cfg.select_by.removeprefix("val/")
+        selection = Selection.restore(metric, cfg.early_stop_patience, cfg.early_stop_window, saved)
+        # A run that stopped early and is continued only finishes, as the run that never stopped did.
+        result.stopped_early = selection.stop_reason(start.epoch - 1) if start.epoch > 1 else None
     for cb in callbacks:
         cb.on_train_start(start.epoch, total, start.changed)
 
     try:
         for epoch in range(start.epoch, total + 1):
+            if result.stopped_early:
+                break
             seed = epoch_seed(settings.seed, epoch)
             torch.manual_seed(rank_seed(seed, world))  # augmentation and dropout: a stream per process
             generator.manual_seed(seed)  # the order of the samples: the same in every process
@@ -209,6 +225,12 @@ def _train(
             if val_pairs is not None and (epoch % cfg.validate_every == 0 or epoch == total):
                 scores = validate(step.generator, val_pairs, device, step.autocast)
                 summary = replace(summary, val=scores)
+                if selection is not None and selection.update(epoch, scores[selection.metric]):
+                    _save_best(step, settings, epoch, paths, run)
+            if selection is not None:  # rank 0 validated; every rank stops after the same epoch
+                result.stopped_early = broadcast(selection.stop_reason(epoch) if world.is_main else None, world)
+                if result.stopped_early and world.is_main:
+                    log.info("%s", result.stopped_early)
             if loss_log is not None and epoch % settings.logging.dump_frequency == 0:
                 loss_log.flush()
             if world.is_main:
@@ -218,7 +240,7 @@ def _train(
             for cb in callbacks:
                 cb.on_epoch_end(summary)
 
-            final = epoch == total
+            final = epoch == total or bool(result.stopped_early)
             if examples is not None and (epoch % cfg.examples_every == 0 or final):
                 strips = _save_examples(step, examples, paths.examples, epoch)
                 for cb in callbacks:
@@ -227,12 +249,11 @@ def _train(
                 if loss_log is not None:
                     loss_log.flush()  # the log always reaches the newest checkpoint, even if killed later
                 _check_finite_weights(step, epoch, last_checkpoint)
-                if not world.is_main:
-                    continue
-                last_checkpoint, snapshot = _save(step, settings, epoch, paths, run)
-                result.checkpoint = last_checkpoint
-                for cb in callbacks:
-                    cb.on_checkpoint(epoch, last_checkpoint, snapshot)
+                if world.is_main:
+                    last_checkpoint, snapshot = _save(step, settings, epoch, paths, run, selection)
+                    result.checkpoint = last_checkpoint
+                    for cb in callbacks:
+                        cb.on_checkpoint(epoch, last_checkpoint, snapshot)
     except torch.distributed.DistError as exc:
         raise DistributedError(
             f"rank {world.rank} lost contact with another training process ({exc}); the other process died "
@@ -243,6 +264,8 @@ def _train(
             loss_log.flush()  # whatever is cached is written, also on error or Ctrl+C
         destroy_process_group()
 
+    if selection is not None and selection.best_epoch is not None:
+        result.selected_epoch, result.selected_why = selection.best_epoch, selection.why()
     if world.is_main:
         _write_summary(paths, result, settings, device)
     for cb in callbacks:
@@ -351,10 +374,8 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths, run: dict[str, str]) -> tuple[Path, Path]:
-    """Replace the rolling full state, write this epoch's snapshot, prune old snapshots."""
-    cfg = settings.train
-    state = {
+def _state(step: GANStep, settings: Settings, epoch: int, run: dict[str, str]) -> dict[str, object]:
+    return {
         "run": run,
         "epoch": epoch,
         "seed": settings.seed,
@@ -362,7 +383,32 @@ def _save(step: GANStep, settings: Settings, epoch: int, paths: RunPaths, run: d
         "architecture": architecture(settings),
         **step.state_dict(),
     }
+
+
+def _save_best(step: GANStep, settings: Settings, epoch: int, paths: RunPaths, run: dict[str, str]) -> Path:
+    """The generator of a new best validated epoch (fp32: it is what gets evaluated and exported)."""
+    return save_checkpoint(paths.best_candidate(epoch), snapshot_of(_state(step, settings, epoch, run), "generator"))
+
+
+def _promote_best(paths: RunPaths, selection: Selection) -> None:
+    """With a full state written: its best epoch becomes ``best.pt``, other candidates go."""
+    candidates = paths.best_candidates()
+    chosen = candidates.get(selection.best_epoch) if selection.best_epoch is not None else None
+    if chosen is not None:
+        write_atomic(paths.best, lambda tmp: _link_or_copy(chosen, tmp))
+    for path in candidates.values():
+        path.unlink()
+
+
+def _save(
+    step: GANStep, settings: Settings, epoch: int, paths: RunPaths, run: dict[str, str], selection: Selection | None
+) -> tuple[Path, Path]:
+    """Replace the rolling full state, write this epoch's snapshot, prune old snapshots."""
+    cfg = settings.train
+    state = {**_state(step, settings, epoch, run), "selection": selection.state_dict() if selection else None}
     latest = save_checkpoint(paths.latest, snapshot_of(state, "full"))
+    if selection is not None:
+        _promote_best(paths, selection)
     snapshot = paths.snapshots / checkpoint_name(epoch)
     if cfg.snapshot == "full":  # the same bytes as the full state: a second name, not a second copy
         write_atomic(snapshot, lambda tmp: _link_or_copy(latest, tmp))
