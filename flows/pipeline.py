@@ -248,6 +248,9 @@ def pipeline(
 @task(name="train sweep child", cache_policy=NO_CACHE)
 @clear_failure
 def train_child_task(settings: Settings, tracker: Tracker, project_dir: Path, tags: dict[str, str]) -> str:
+    """One child, like the train task: in this process, or on all GPUs (train.nproc_per_node) via torchrun."""
+    if settings.train.nproc_per_node > 1:
+        return trained_result(train_in_processes(settings, project_dir, tags, register=False)).run_id
     return train_stage(settings, tracker, project_dir, [ConsoleReporter()], tags=tags, register=False).run_id
 
 

@@ -269,7 +269,12 @@ def _cmd_compare(args: argparse.Namespace) -> int:
         from nectargan_core.sweep import children_filter
 
         query = " and ".join(filter(None, (query, children_filter(args.sweep))))
-    board = compare_runs(settings, _tracker(settings), out, args.runs, query)
+    tracker = _tracker(settings)
+    if args.sweep:
+        from nectargan_core.sweep import recorded_children, table
+
+        print(table(recorded_children(tracker, args.sweep)))
+    board = compare_runs(settings, tracker, out, args.runs, query)
     print(board.to_markdown())
     print(f"leaderboard and side_by_side.png in {out}")
     return 0

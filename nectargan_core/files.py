@@ -149,22 +149,31 @@ def list_images(folder: Path) -> list[Path]:
 
 
 # Modes with more than 8 bits per channel: converting them to L or RGB clips (16-bit grey turns white).
-HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
+HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "RGB;16", "RGBA;16", "LA;16"})
+
+
+def image_mode(image: Image.Image) -> str:
+    """The mode, with ``;16`` for a 16-bit colour PNG (PIL opens those as plain 8-bit RGB, silently
+    dropping the low byte). Call it before the image is loaded: the file's raw mode is read."""
+    raw = image.tile[0].args if image.tile else ""
+    raw = raw if isinstance(raw, str) else (raw[0] if raw and isinstance(raw[0], str) else "")
+    return f"{image.mode};16" if ";16" in raw and image.mode in ("RGB", "RGBA", "LA") else image.mode
 
 
 def read_image(path: Path) -> Image.Image:
     """The decoded image, or a ValueError that names the file and what to do (never PIL's traceback)."""
     try:
         with Image.open(path) as image:
+            mode = image_mode(image)
             loaded = image.copy()
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports bad files in all of these
         raise ValueError(
             f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
             "(nectargan validate lists every such file)"
         ) from None
-    if loaded.mode in HIGH_DEPTH_MODES:
+    if mode in HIGH_DEPTH_MODES:
         raise ValueError(
-            f"{path}: a {loaded.mode} image (more than 8 bits per channel) would be clipped to 8 bits; "
+            f"{path}: a {mode} image (more than 8 bits per channel) would be clipped to 8 bits; "
             "convert it to an 8-bit PNG or JPEG"
         )
     return loaded

@@ -128,6 +128,7 @@ def train_stage(
     from nectargan_core.tracking.callback import MLflowCallback
     from nectargan_core.tracking.provenance import run_tags
     from nectargan_core.tracking.registry import register_model
+    from nectargan_core.training import interrupt
     from nectargan_core.training.records import registered_versions
     from nectargan_core.training.trainer import train
 
@@ -164,6 +165,7 @@ def train_stage(
             tracker.log_settings(run_id, settings)
         recorder = MLflowCallback(tracker, run_id, settings.tracking.log_checkpoints)
         result = train(run_settings, [*callbacks, recorder], run={"mlflow_run_id": run_id})
+        interrupt.check()  # a stop asked for after the last step: the run is KILLED, the continue finishes it
         version = registered.get(result.last_epoch) if not result.history else None
         diverged = _divergence(settings, result.history[-1]) if result.history else None
         if diverged:
@@ -288,6 +290,21 @@ def _comparable(params: dict[str, str], project_dir: Path) -> dict[str, str]:
     }
 
 
+def _dead_run_of_folder(settings: Settings, tracker: Tracker) -> str | None:
+    """The newest RUNNING tracking run that trained into this output folder; called with the folder's
+    lock held, so no live trainer owns it."""
+    from nectargan_core.tracking.tracker import settings_params
+
+    folder = settings_params(settings)["train.output_dir"]
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id],
+        f"attributes.status = 'RUNNING' and params.`train.output_dir` = '{folder}'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return runs[0].info.run_id if runs else None
+
+
 def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths, project_dir: Path) -> str | None:
     """The tracking run a local continue should reopen: the one in the checkpoint, if it never finished
     and had these settings. A dead run that is not reopened is marked KILLED, never left RUNNING."""
@@ -300,8 +317,13 @@ def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths, proj
         return None
     try:
         with held_lock(paths.lock, f"train.output_dir {paths.root}"):  # no live trainer owns that run
-            checkpoint = find_checkpoint(Path(cfg.continue_from or paths.checkpoints), cfg.load_epoch)
-            run_id = load_checkpoint(checkpoint, mmap=True).get("run", {}).get("mlflow_run_id")
+            try:
+                checkpoint = find_checkpoint(Path(cfg.continue_from or paths.checkpoints), cfg.load_epoch)
+                run_id = load_checkpoint(checkpoint, mmap=True).get("run", {}).get("mlflow_run_id")
+            except CheckpointError:
+                if cfg.continue_from or not paths.lock.exists():
+                    raise
+                run_id = _dead_run_of_folder(settings, tracker)  # killed before its first checkpoint
     except (CheckpointError, Locked):
         return None  # the trainer reports these with the full story
     run = tracker.run(run_id) if run_id else None

@@ -49,11 +49,12 @@ class Combination:
 @dataclass
 class ChildResult:
     combination: Combination
-    settings: Settings
+    settings: Settings | None  # None for a child read back from MLflow
     run_id: str | None = None
     status: str = "pending"  # finished | skipped (finished before) | failed
     error: str | None = None
-    metrics: dict[str, float] = field(default_factory=dict)
+    metrics: dict[str, float] = field(default_factory=dict)  # final val metrics
+    best: dict[str, tuple[float, int]] = field(default_factory=dict)  # best val value and its epoch
 
 
 def split_top_level(text: str) -> list[str]:
@@ -169,6 +170,23 @@ def children_filter(name: str) -> str:
     return f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'child'"
 
 
+def recorded_children(tracker: Tracker, name: str) -> list[ChildResult]:
+    """A sweep's children as MLflow holds them (for `nectargan compare --sweep`), oldest first."""
+    runs = tracker.client.search_runs(
+        [tracker.experiment_id], children_filter(name), order_by=["attributes.start_time ASC"]
+    )
+    if not runs:
+        raise ValueError(f"no child runs of a sweep named {name!r} in experiment {tracker.experiment!r}")
+    children = []
+    for run in runs:
+        status = {"FINISHED": "finished", "FAILED": "failed"}.get(run.info.status, run.info.status.lower())
+        combination = Combination(run.data.tags.get(CHILD_TAG, run.info.run_name), ())
+        child = ChildResult(combination, None, run.info.run_id, status)
+        collect_metrics(tracker, child)
+        children.append(child)
+    return children
+
+
 def _finished_child(tracker: Tracker, parent: str, child: Settings) -> str | None:
     runs = tracker.client.search_runs(
         [tracker.experiment_id],
@@ -216,12 +234,13 @@ def run_sweep(
     Prefect sweep flow passes its train task, so each child is a task run)."""
     from nectargan_core.errors import describe_failure
 
-    if train_child is None:
-        train_child = (
-            (lambda child, tags: _train_in_process(child, tracker, project_dir, tags))
-            if jobs == 1
-            else (lambda child, tags: _train_in_subprocess(child, project_dir, tags))
-        )
+    def default(child: ChildResult, tags: dict[str, str]) -> object:
+        # In this process, unless children run side by side or each launches torchrun on its GPUs.
+        if jobs == 1 and child.settings.train.nproc_per_node == 1:
+            return _train_in_process(child, tracker, project_dir, tags)
+        return _train_in_subprocess(child, project_dir, tags)
+
+    train_child = train_child or default
 
     parent = _parent_run(tracker, name, [c.combination for c in children])
 
@@ -253,9 +272,20 @@ def run_sweep(
     tracker.client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     for child in children:
         if child.run_id:
-            metrics = tracker.client.get_run(child.run_id).data.metrics
-            child.metrics = {val_key(m): metrics[val_key(m)] for m in VAL_METRICS if val_key(m) in metrics}
+            collect_metrics(tracker, child)
     return parent, children
+
+
+def collect_metrics(tracker: Tracker, child: ChildResult) -> None:
+    """The child's final and best val metrics, from its MLflow run."""
+    metrics = tracker.client.get_run(child.run_id).data.metrics
+    child.metrics = {val_key(m): metrics[val_key(m)] for m in VAL_METRICS if val_key(m) in metrics}
+    for metric in VAL_METRICS:
+        history = tracker.client.get_metric_history(child.run_id, val_key(metric))
+        if history:
+            sign = 1 if HIGHER_IS_BETTER[metric] else -1
+            top = max(history, key=lambda m: (sign * m.value, -m.step))
+            child.best[val_key(metric)] = (top.value, top.step)
 
 
 def _child_run_id(tracker: Tracker, parent: str, child: ChildResult) -> str | None:
@@ -281,14 +311,15 @@ def best_child(children: Sequence[ChildResult], select_by: str) -> ChildResult |
 
 
 def table(children: Sequence[ChildResult]) -> str:
-    """Markdown: a row per child with its status and final val metrics."""
+    """Markdown: a row per child with its status, and per val metric its best (epoch) and final value."""
     keys = [val_key(m) for m in VAL_METRICS]
-    lines = [
-        "| weighting | status | " + " | ".join(keys) + " | MLflow run |",
-        "|---|---|" + "---:|" * len(keys) + "---|",
-    ]
+    header = "| weighting | status | " + " | ".join(f"best {k} (epoch) | final {k}" for k in keys) + " | MLflow run |"
+    lines = [header, "|---|---|" + "---:|---:|" * len(keys) + "---|"]
     for child in children:
-        cells = [f"{child.metrics[k]:.4f}" if k in child.metrics else "–" for k in keys]
+        cells = []
+        for k in keys:
+            cells.append(f"{child.best[k][0]:.4f} ({child.best[k][1]})" if k in child.best else "–")
+            cells.append(f"{child.metrics[k]:.4f}" if k in child.metrics else "–")
         status = child.status if not child.error else f"failed: {child.error[:80]}"
         lines.append(f"| {child.combination.name} | {status} | " + " | ".join(cells) + f" | {child.run_id or '–'} |")
     return "\n".join(lines) + "\n"

@@ -16,7 +16,9 @@ import os
 import pickle
 import shutil
 import sqlite3
+import struct
 import sys
+import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -192,6 +194,20 @@ def _lock_held(monkeypatch: pytest.MonkeyPatch, p: Path) -> AbstractContextManag
 # ----------------------------------------------------------------------------- the corpus
 
 GRAY16 = np.full((64, 128), 60000, np.uint16)
+
+
+def _png16(width: int, height: int) -> bytes:
+    """A 16-bit RGB PNG (PIL cannot write one; it opens it as 8-bit RGB)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\xff\x00" * 3 * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+RGB16_PNG = _png16(128, 64)
 TINY_IMAGE = np.zeros((16, 32, 3), np.uint8)
 SQUARE = np.zeros((64, 64, 3), np.uint8)
 RGB = np.zeros((16, 16, 3), np.uint8)
@@ -225,6 +241,7 @@ CASES: dict[str, Case] = {
     "zero-byte image": Case("validate", ("train_0002.png",), _write("data/train/train_0002.png", b"")),
     "text as png": Case("validate", ("notes.png",), _write("data/train/notes.png", "hello")),
     "16-bit image": Case("validate", ("deep.png", "8 bit"), _image("data/train/deep.png", GRAY16)),
+    "16-bit colour image": Case("validate", ("rgb16.png", "8 bit"), _write("data/train/rgb16.png", RGB16_PNG)),
     "square aligned image": Case("validate", ("square.png",), _image("data/train/square.png", SQUARE)),
     "smaller than crop": Case("validate", ("small.png",), _image("data/train/small.png", TINY_IMAGE)),
     "B without A": Case(
@@ -282,6 +299,11 @@ CASES: dict[str, Case] = {
         ("notes.png",),
         _then(_image("in/good.png", RGB), _write("in/notes.png", "text")),
     ),
+    "predict into its input": Case(
+        "predict --model {p}/" + TRAIN + "/checkpoints/latest.pt --input {p}/in --out {p}/in",
+        ("is the input folder",),
+        _image("in/good.png", RGB),
+    ),
     "predict a missing folder": Case(
         "predict --model {p}/" + TRAIN + "/checkpoints/latest.pt --input {p}/absent --out {p}/o", ("absent",)
     ),
@@ -301,7 +323,7 @@ CASES: dict[str, Case] = {
     ),
     # tracking store
     "unknown uri scheme": Case("compare -s tracking.uri=nope://x", ("tracking",)),
-    "corrupt mlflow db": Case("compare -s tracking.uri=sqlite:///{p}/broken.db", ("tracking",), _corrupt_db),
+    "corrupt mlflow db": Case("compare -s tracking.uri=sqlite:///{p}/broken.db", ("broken.db",), _corrupt_db),
     "tracking store is a folder": Case("compare -s tracking.uri=sqlite:///{p}/data", ("tracking",)),
     # the file system and the machine
     "output_dir under a file": Case(

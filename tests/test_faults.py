@@ -238,3 +238,30 @@ def test_a_diverged_run_is_kept_but_not_registered(sample_root, tmp_path, capsys
     newest = tracker.client.search_runs([tracker.experiment_id], order_by=["attributes.start_time DESC"])[0]
     assert newest.data.tags["not_registered"].startswith("training diverged")
     assert (tmp_path / "outputs" / "train" / "checkpoints" / "latest.pt").exists()  # kept
+
+
+CONNECT = """
+from pathlib import Path
+from nectargan_core.settings import TrackingSettings
+from nectargan_core.tracking.tracker import Tracker
+Tracker.connect(TrackingSettings(), Path(".")).client.search_registered_models()
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_create_a_fresh_store_at_once(tmp_path):
+    """Both the tracking and the registry store migrate a new mlflow.db; before the lock covered both,
+    one of two processes failed with alembic's 'Online migration expected to match one row'."""
+    import subprocess
+    import sys
+
+    for attempt in range(2):
+        folder = tmp_path / str(attempt)
+        folder.mkdir()
+        both = [
+            subprocess.Popen([sys.executable, "-c", CONNECT], cwd=folder, stderr=subprocess.PIPE, text=True)
+            for _ in range(2)
+        ]
+        for process in both:
+            _, err = process.communicate(timeout=120)
+            assert process.returncode == 0, err[-2000:]

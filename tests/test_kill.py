@@ -35,6 +35,8 @@ settings = settings_from_dict(json.loads(Path(settings_file).read_text()))
 def die(): os.kill(os.getpid(), signal.SIGKILL)
 
 class Kill(TrainingCallback):
+    def on_epoch_start(self, e, steps):
+        if point == "epoch_start" and e == epoch: die()
     def on_epoch_end(self, summary):
         if point == "epoch_end" and summary.epoch == epoch: die()
     def on_examples(self, e, paths):
@@ -60,6 +62,7 @@ def reference(sample_root, tmp_path_factory):
 @pytest.mark.parametrize(
     ("point", "epoch", "select"),
     [
+        ("epoch_start", 1, None),  # before the first checkpoint: the continue trains from epoch 1
         ("epoch_end", 2, None),
         ("examples", 2, None),
         ("checkpoint", 2, None),

@@ -120,3 +120,4 @@ def test_compare_prints_a_sweeps_children_with_their_val_metrics(project, capsys
     assert main(["compare", "--sweep", "study"]) == 0
     out = capsys.readouterr().out
     assert "train.loss.l1" in out and "val/psnr" in out and out.count("| 50.0 |") + out.count("| 100.0 |") == 2
+    assert "best val/psnr (epoch)" in out and "| l1=50 | finished |" in out  # the sweep's own table too

@@ -3,6 +3,9 @@
 import csv
 import math
 
+import torch
+
+from nectargan_core.settings import with_changes
 from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.records import EPOCH_COLUMNS, append_epoch_row
@@ -50,3 +53,14 @@ def test_an_epoch_table_from_before_validation_gets_the_new_columns(tmp_path):
     assert list(rows[0]) == list(EPOCH_COLUMNS)
     assert (rows[0]["epoch"], rows[0]["loss_g"], rows[0]["val_psnr"]) == ("1", "0.5", "")
     assert (rows[1]["epoch"], rows[1]["val_psnr"]) == ("2", "20.0")
+
+
+def test_lpips_joins_the_validation_when_its_weights_are_local(sample_root, tmp_path):
+    from torchvision.models import alexnet
+
+    weights = tmp_path / "alexnet.pth"
+    torch.save(alexnet(weights=None).state_dict(), weights)  # random weights: nothing is downloaded
+    settings = with_changes(tiny_settings(sample_root, tmp_path / "run"), {"evaluate.lpips_weights": weights})
+    result = train(settings)
+    assert set(result.history[-1].val) == {"l1", "psnr", "ssim", "lpips"}
+    assert all(float(row["val_lpips"]) >= 0 for row in epoch_rows(tmp_path / "run"))

@@ -18,7 +18,7 @@ import pandera.pandas as pa
 from PIL import Image
 
 from nectargan_core.data.dataset import split_layout
-from nectargan_core.files import HIGH_DEPTH_MODES, REQUIRED_SPLITS, SPLITS, atomic_path, list_images, write_json_atomic
+from nectargan_core.files import HIGH_DEPTH_MODES, image_mode, REQUIRED_SPLITS, SPLITS, atomic_path, list_images, write_json_atomic
 from nectargan_core.layout import ValidationPaths
 from nectargan_core.settings import DataSettings
 
@@ -52,8 +52,9 @@ def _read(path: Path) -> dict[str, object]:
         data = path.read_bytes()
         facts["sha256"] = hashlib.sha256(data).hexdigest()
         with Image.open(path) as image:
+            mode = image_mode(image)
             image.load()
-            facts.update(width=image.width, height=image.height, mode=image.mode)
+            facts.update(width=image.width, height=image.height, mode=mode)
     except Exception as exc:
         facts["error"] = f"{exc.__class__.__name__}: {exc}"
         facts.setdefault("sha256", pd.NA)

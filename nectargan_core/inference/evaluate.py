@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +17,7 @@ from nectargan_core.device import resolve_device
 from nectargan_core.files import atomic_path, compose_strip, save_image_atomic, write_json_atomic, write_text_atomic
 from nectargan_core.inference.generator import load_generator
 from nectargan_core.layout import EvaluationPaths
-from nectargan_core.losses.metrics import METRICS, per_image_metrics
+from nectargan_core.losses.metrics import LPIPS_FILE, METRICS, Lpips, per_image_metrics, weights_file
 from nectargan_core.settings import Settings
 
 
@@ -34,39 +32,7 @@ class EvaluationResult:
     notices: tuple[str, ...] = ()
 
 
-LPIPS_FILE = "alexnet-owt-7be5be79.pth"  # torchvision's AlexNet ImageNet weights
 FID_FILE = "weights-inception-2015-12-05-6726825d.pth"  # torch-fidelity's Inception weights
-
-
-def weights_file(configured: Path | None, file_name: str) -> Path | None:
-    """The configured file, else ``file_name`` in the torch hub cache, else None: never a download."""
-    if configured is not None:
-        return Path(configured) if Path(configured).is_file() else None
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / file_name
-    return cached if cached.is_file() else None
-
-
-class _Lpips:
-    """LPIPS (AlexNet) per image; the backbone is read from a local file through a private hub folder."""
-
-    def __init__(self, backbone: Path, device: torch.device) -> None:
-        from torchmetrics.image.lpip import LearnedPerceptualImagePatchSimilarity
-
-        previous = os.environ.get("TORCH_HOME")
-        with tempfile.TemporaryDirectory() as home:
-            (Path(home) / "hub" / "checkpoints").mkdir(parents=True)
-            (Path(home) / "hub" / "checkpoints" / LPIPS_FILE).symlink_to(backbone.resolve())
-            os.environ["TORCH_HOME"] = home  # torchvision finds the backbone here; the global hub dir stays
-            try:
-                self.metric = LearnedPerceptualImagePatchSimilarity(net_type="alex").to(device).eval()
-            finally:
-                if previous is None:
-                    del os.environ["TORCH_HOME"]
-                else:
-                    os.environ["TORCH_HOME"] = previous
-
-    def __call__(self, fake: torch.Tensor, real: torch.Tensor) -> list[float]:
-        return [float(self.metric(f[None].float(), r[None].float())) for f, r in zip(fake, real, strict=True)]
 
 
 def _to_uint8(images: torch.Tensor) -> torch.Tensor:
@@ -96,7 +62,7 @@ def evaluate_checkpoint(
 
     cfg, notices = settings.evaluate, []
     lpips_file = weights_file(cfg.lpips_weights, LPIPS_FILE)
-    lpips = _Lpips(lpips_file, device) if lpips_file else None
+    lpips = Lpips(lpips_file, device) if lpips_file else None
     if lpips is None:
         where = cfg.lpips_weights or Path(torch.hub.get_dir()) / "checkpoints" / LPIPS_FILE
         notices.append(f"LPIPS skipped: no AlexNet ImageNet weights at {where} (nothing is downloaded).")

@@ -98,6 +98,8 @@ def predict_folder(
     runner: tuple[Runner, ModelInfo], input_dir: Path, out_dir: Path, mode: Literal["resize", "pad"] = "resize"
 ) -> list[Path]:
     """Generate one output PNG per input image (same stem) into ``out_dir``."""
+    if Path(out_dir).resolve() == Path(input_dir).resolve():
+        raise ValueError(f"--out {out_dir} is the input folder: the outputs would replace the inputs; choose another")
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     files = list_images(input_dir)

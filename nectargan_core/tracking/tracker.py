@@ -111,14 +111,26 @@ class Tracker:
                 ) from None
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        client = MlflowClient(uri, uri)
-        # A new SQLite store is created (its tables migrated) on first use: one process at a time.
-        with _sqlite_lock(uri):
-            found = client.get_experiment_by_name(cfg.experiment)
-            if found is not None:
-                experiment_id = found.experiment_id
-            else:
-                experiment_id = client.create_experiment(cfg.experiment, artifact_location=_artifact_location(uri))
+        # A new SQLite store is created (its tables migrated) on first use, by the tracking store and
+        # the registry store each: one process at a time, and both inside the lock.
+        try:
+            with _sqlite_lock(uri):
+                client = MlflowClient(uri, uri)
+                found = client.get_experiment_by_name(cfg.experiment)
+                client.search_registered_models(max_results=1)
+                if found is not None:
+                    experiment_id = found.experiment_id
+                else:
+                    location = _artifact_location(uri)
+                    experiment_id = client.create_experiment(cfg.experiment, artifact_location=location)
+        except Exception as exc:
+            if not type(exc).__module__.startswith(("mlflow", "sqlalchemy", "alembic")):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise TrackingUnavailable(
+                f"tracking store {uri}: {first}; if it is the embedded SQLite file, move it aside (the runs in it "
+                "are then not visible) or point tracking.uri at a working store"
+            ) from None
         return cls(client, uri, cfg.experiment, experiment_id)
 
     # ------------------------------------------------------------ training runs

@@ -56,7 +56,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     return 0
 
 
-def train_in_processes(settings: Settings, project_dir: Path, tags: dict[str, str]) -> Path:
+def train_in_processes(settings: Settings, project_dir: Path, tags: dict[str, str], register: bool = True) -> Path:
     """A host that trains in-process (the Prefect train task) hands a multi-process training to
     `nectargan train` in ``project_dir``, which launches torchrun; returns the run's summary.
 
@@ -68,6 +68,7 @@ def train_in_processes(settings: Settings, project_dir: Path, tags: dict[str, st
         params.write_text(json.dumps(settings.model_dump(mode="json")))
         command = [sys.executable, "-m", "nectargan_core.cli", "train", "--params", str(params)]
         command += [arg for key, value in tags.items() for arg in ("--tag", f"{key}={value}")]
+        command += [] if register else ["--no-register"]
         process = subprocess.Popen(command, cwd=project_dir)
         try:
             code = process.wait()

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from nectargan_core.files import atomic_path, own_copy
 from nectargan_core.settings import LOSS_NAMES
-from nectargan_core.training.validation import VAL_METRICS, val_column
+from nectargan_core.training.validation import VAL_COLUMNS, val_column
 
 if TYPE_CHECKING:
     from nectargan_core.training.step import Losses
@@ -33,7 +33,7 @@ EPOCH_COLUMNS = (
     *LOSS_NAMES,
     *(f"{name}_weighted" for name in LOSS_NAMES),
     *(f"{name}_weight" for name in LOSS_NAMES),
-    *(val_column(name) for name in VAL_METRICS),
+    *(val_column(name) for name in VAL_COLUMNS),
 )
 
 

@@ -150,13 +150,21 @@ def remove_stale_temp_files(paths: RunPaths) -> list[Path]:
     return stale
 
 
-def start_point(settings: Settings, paths: RunPaths) -> StartPoint:
+def start_point(settings: Settings, paths: RunPaths, started_before: bool = False) -> StartPoint:
     """Decide where training starts and make the output folder agree with it.
 
     Continuing in the run's own folder drops the records of later epochs; anything else (a fresh
-    run, or continuing from a checkpoint elsewhere) sets the folder's earlier run aside.
+    run, or continuing from a checkpoint elsewhere) sets the folder's earlier run aside. A run
+    killed before its first checkpoint (``started_before``: its lock file was there) continues
+    from epoch 1, which is the same as the run that never stopped.
     """
     remove_stale_temp_files(paths)
+    cfg = settings.train
+    nothing_saved = not paths.latest.exists() and not list_checkpoints(paths.snapshots)
+    if cfg.continue_train and cfg.continue_from is None and nothing_saved and started_before:
+        log.warning("%s: the run stopped before its first checkpoint; training it from epoch 1", paths.root)
+        drop_epochs_after(paths, 0)
+        return StartPoint(1)
     start = StartPoint(1)
     if settings.train.warm_start is not None:
         path = Path(settings.train.warm_start)

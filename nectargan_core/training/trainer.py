@@ -156,13 +156,19 @@ def train(
     """
     paths = RunPaths.of(settings)
     world = World.from_env()
+    started_before = paths.lock.exists()  # a run began here (its lock file stays after a kill)
     lock = held_lock(paths.lock, f"train.output_dir {paths.root}") if world.is_main else nullcontext()
     with lock:
-        return _train(settings, paths, callbacks, run or {}, world)
+        return _train(settings, paths, callbacks, run or {}, world, started_before)
 
 
 def _train(
-    settings: Settings, paths: RunPaths, callbacks: Sequence[TrainingCallback], run: dict[str, str], world: World
+    settings: Settings,
+    paths: RunPaths,
+    callbacks: Sequence[TrainingCallback],
+    run: dict[str, str],
+    world: World,
+    started_before: bool = False,
 ) -> TrainResult:
     cfg = settings.train
     device = resolve_device(cfg, world)
@@ -175,10 +181,10 @@ def _train(
     step = GANStep(settings, device, autocast_dtype(cfg, device), world)
     dataset = PairedImageDataset(settings.data, "train", PairTransform(settings.data, train=True))
     examples = _fixed_examples(settings) if world.is_main else None
-    val_pairs = ValidationPairs.load(settings) if cfg.validate_every and world.is_main else None
+    val_pairs = ValidationPairs.load(settings, device) if cfg.validate_every and world.is_main else None
 
     # Rank 0 moves, trims and reads the run's files; the others get the state it loaded.
-    start = broadcast(start_point(settings, paths) if world.is_main else None, world)
+    start = broadcast(start_point(settings, paths, started_before) if world.is_main else None, world)
     if start.state is not None:
         step.load_state_dict(start.state)
     if start.warm_start is not None:

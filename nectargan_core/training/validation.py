@@ -1,8 +1,9 @@
 """Per-epoch validation: G on the val split with fixed crops, the numbers that compare across runs.
 
 The training losses are scaled by the very loss weights a study compares; L1, PSNR and SSIM of
-G's output against the target on the same val pairs are not. The pairs go through the eval
-transform (no random crop or flip) once and stay in memory, so every epoch and every run of a
+G's output against the target on the same val pairs are not. LPIPS is added when its AlexNet weights
+are local (``evaluate.lpips_weights`` or the torch hub cache; nothing is downloaded). The pairs go
+through the eval transform (no random crop or flip) once and stay in memory, so every epoch and every run of a
 study is measured on the same pixels. Validation draws no random numbers, so it changes nothing
 of the training that follows.
 """
@@ -15,10 +16,11 @@ import torch
 
 from nectargan_core.data.dataset import PairedImageDataset
 from nectargan_core.data.transforms import PairTransform
-from nectargan_core.losses.metrics import per_image_metrics
+from nectargan_core.losses.metrics import LPIPS_FILE, Lpips, per_image_metrics, weights_file
 from nectargan_core.settings import Settings
 
-VAL_METRICS = ("l1", "psnr", "ssim")
+VAL_METRICS = ("l1", "psnr", "ssim")  # always; "lpips" too when its weights are local
+VAL_COLUMNS = (*VAL_METRICS, "lpips")
 VAL_BATCH = 8
 
 
@@ -36,18 +38,21 @@ def val_column(metric: str) -> str:
 class ValidationPairs:
     inputs: torch.Tensor
     targets: torch.Tensor
+    lpips: Lpips | None = None
 
     @classmethod
-    def load(cls, settings: Settings) -> ValidationPairs:
+    def load(cls, settings: Settings, device: torch.device) -> ValidationPairs:
         dataset = PairedImageDataset(settings.data, "val", PairTransform(settings.data, train=False))
         pairs = [dataset[i] for i in range(len(dataset))]
-        return cls(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]))
+        backbone = weights_file(settings.evaluate.lpips_weights, LPIPS_FILE)
+        lpips = Lpips(backbone, device) if backbone is not None else None
+        return cls(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), lpips)
 
 
 @torch.no_grad()
 def validate(generator: torch.nn.Module, pairs: ValidationPairs, device: torch.device, autocast) -> dict[str, float]:
     """Mean L1, PSNR and SSIM of ``generator`` (in eval mode) over the pairs; it is left in train mode."""
-    sums = dict.fromkeys(VAL_METRICS, 0.0)
+    sums = dict.fromkeys((*VAL_METRICS, "lpips") if pairs.lpips else VAL_METRICS, 0.0)
     generator.eval()
     try:
         for start in range(0, len(pairs.inputs), VAL_BATCH):
@@ -55,8 +60,11 @@ def validate(generator: torch.nn.Module, pairs: ValidationPairs, device: torch.d
             y = pairs.targets[start : start + VAL_BATCH].to(device, non_blocking=True)
             with autocast():
                 fake = generator(x)
-            for name, values in per_image_metrics(fake.float().clamp(-1, 1), y.float(), VAL_METRICS).items():
+            fake = fake.float().clamp(-1, 1)
+            for name, values in per_image_metrics(fake, y.float(), VAL_METRICS).items():
                 sums[name] += float(values.sum())
+            if pairs.lpips is not None:
+                sums["lpips"] += sum(pairs.lpips(fake, y))
     finally:
         generator.train()
     return {name: total / len(pairs.inputs) for name, total in sums.items()}
