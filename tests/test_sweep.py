@@ -121,3 +121,14 @@ def test_compare_prints_a_sweeps_children_with_their_val_metrics(project, capsys
     out = capsys.readouterr().out
     assert "train.loss.l1" in out and "val/psnr" in out and out.count("| 50.0 |") + out.count("| 100.0 |") == 2
     assert "best val/psnr (epoch)" in out and "| l1=50 | finished |" in out  # the sweep's own table too
+
+
+@pytest.mark.slow
+def test_children_side_by_side_in_processes_of_their_own(project, capsys):
+    assert main(["sweep", "-s", "train.loss.l1=50,100", "--name", "wide", "--jobs", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| l1=50 | finished |" in out and "| l1=100 | finished |" in out
+    client, experiment = _client(project)
+    children = [r for r in client.search_runs([experiment]) if PARENT_TAG in r.data.tags]
+    assert sorted(r.info.status for r in children) == ["FINISHED", "FINISHED"]
+    assert not client.search_registered_models()  # --no-register reached the child processes
