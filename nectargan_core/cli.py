@@ -105,7 +105,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from nectargan_core.distributed import World, under_launcher
     from nectargan_core.stages import train_stage
     from nectargan_core.training.callbacks import ConsoleReporter
-    from nectargan_core.training.interrupt import stop_at_step_boundary, term_when_parent_dies
+    from nectargan_core.training.interrupt import stop_at_step_boundary, term_when_launcher_dies
 
     settings = _settings(args)
     under_dvc = "DVC_STAGE" in os.environ
@@ -113,12 +113,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
         from nectargan_core.training.launch import launch
 
         if under_dvc:
-            term_when_parent_dies()  # torchrun's launcher then stops the training processes
+            term_when_launcher_dies()  # torchrun's launcher then stops the training processes
         return launch(settings.train.nproc_per_node, args.argv)
     world = World.from_env()
     tracker = _tracker(settings) if world.is_main else None  # the other ranks never touch the store
     # A plain `kill`, Ctrl+C, or (under `dvc repro`) the death of dvc stops after the current step.
-    with stop_at_step_boundary(follow_parent=under_dvc):
+    with stop_at_step_boundary(follow_launcher=under_dvc):
         callbacks = [ConsoleReporter()] if world.is_main else []
         result = train_stage(
             settings, tracker, Path.cwd(), callbacks, tags=_tags(args.tags), register=not args.no_register

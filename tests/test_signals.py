@@ -79,9 +79,12 @@ def test_sigterm_to_nectargan_train_stops_at_a_step_and_the_continue_reopens_the
     assert run.info.status == "FINISHED"
 
 
-def test_sigterm_to_dvc_repro_stops_its_train_stage(sample_root, tmp_path):
+@pytest.mark.parametrize("shell", ["/bin/sh", "/bin/bash"])  # dash keeps itself between dvc and the stage; bash execs
+def test_sigterm_to_dvc_repro_stops_its_train_stage(sample_root, tmp_path, shell):
+    if not Path(shell).exists():
+        pytest.skip(f"{shell} is not installed")
     project = _project(sample_root, tmp_path)
-    env = _env(project)
+    env = {**_env(project), "SHELL": shell}
     for command in (["git", "init", "-q"], ["dvc", "init", "-q"]):
         subprocess.run(command, cwd=project, env=env, check=True)
     (project / "dvc.yaml").write_text("stages:\n  train:\n    cmd: nectargan train\n")

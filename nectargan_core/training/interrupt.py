@@ -8,16 +8,18 @@ no-op and the host's own signal handling applies.
 
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+
+import psutil
 
 _requested = threading.Event()
-_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_SHELLS = frozenset({"sh", "dash", "bash", "zsh", "ksh", "mksh", "fish"})
 
 
 def _handler(signum: int, frame: object) -> None:
@@ -39,27 +41,41 @@ def check() -> None:
         raise KeyboardInterrupt
 
 
-def term_when_parent_dies() -> None:
-    """Ask the kernel for a SIGTERM when the launching process dies (Linux), so a killed
-    ``dvc repro`` does not leave its stage training on, unowned."""
-    if not sys.platform.startswith("linux"):
-        return
-    try:
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
+def _below_launcher() -> tuple[psutil.Process, int]:
+    """This process, or the shell between it and its launcher, and the launcher's pid.
+
+    ``dvc repro`` runs a stage as ``$SHELL -c CMD``; bash execs CMD, dash (Debian's /bin/sh)
+    does not, so the launcher is the nearest ancestor that is not a shell.
+    """
+    child = psutil.Process()
+    parent = child.parent()
+    while parent is not None and parent.name() in _SHELLS and parent.parent() is not None:
+        child, parent = parent, parent.parent()
+    return child, parent.pid if parent is not None else 0
+
+
+def term_when_launcher_dies(poll_s: float = 0.5) -> None:
+    """Send this process a SIGTERM once its launcher dies, so a killed ``dvc repro`` does not
+    leave its stage training on, unowned. The kernel reparents the launcher's child at once
+    (before the launcher is reaped), which a polling thread sees."""
+    child, launcher = _below_launcher()
+
+    def watch() -> None:
+        with suppress(psutil.Error):
+            while child.ppid() == launcher:
+                time.sleep(poll_s)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="term-when-launcher-dies", daemon=True).start()
 
 
 @contextmanager
-def stop_at_step_boundary(follow_parent: bool = False) -> Iterator[None]:
-    """SIGTERM and SIGINT ask the trainer to stop after the current step; ``follow_parent`` also
-    turns the death of the parent process into a SIGTERM."""
-    parent = os.getppid()
+def stop_at_step_boundary(follow_launcher: bool = False) -> Iterator[None]:
+    """SIGTERM and SIGINT ask the trainer to stop after the current step; ``follow_launcher`` also
+    turns the death of the launching process (dvc) into a SIGTERM."""
     previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
-    if follow_parent:
-        term_when_parent_dies()
-        if os.getppid() != parent:  # it died before the kernel was asked to watch
-            _requested.set()
+    if follow_launcher:
+        term_when_launcher_dies()
     try:
         yield
     finally:
