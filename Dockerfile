@@ -20,4 +20,6 @@ COPY --chown=nectar:nectar . .
 
 ENV PREFECT_SERVER_ANALYTICS_ENABLED=false
 RUN make install
+# The team stack (team/compose.yaml) runs mlflow, prefect and the worker from this image.
+ENV PATH=/home/nectar/app/.venv/bin:$PATH
 CMD ["make", "flow"]

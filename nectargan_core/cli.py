@@ -230,10 +230,9 @@ def _cmd_outputs(args: argparse.Namespace) -> int:
     from nectargan_core.tracking.tracker import tracking_uri
 
     settings = _settings(args)
-    rows = [
-        *where_things_are(settings),
-        ("MLflow UI", f"mlflow ui --backend-store-uri {tracking_uri(settings.tracking, Path.cwd())}"),
-    ]
+    uri = tracking_uri(settings.tracking, Path.cwd())
+    ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    rows = [*where_things_are(settings), ("MLflow UI", ui)]
     width = max(len(what) for what, _ in rows)
     for what, where in rows:
         print(f"{what:<{width}}  {where}")
@@ -255,7 +254,10 @@ def _cmd_forget(args: argparse.Namespace) -> int:
     tracker = _tracker(settings)
     for line in tracker.forget_runs(args.runs):
         print(f"deleted {line}")
-    print(f"free the bytes with: mlflow gc --backend-store-uri {tracker.uri} --tracking-uri {tracker.uri}")
+    if tracker.uri.startswith(("http://", "https://")):  # the database URI (with its password) is the server's
+        print('free the bytes on the tracking server: mlflow gc --backend-store-uri "$MLFLOW_BACKEND_STORE_URI"')
+    else:
+        print(f"free the bytes with: mlflow gc --backend-store-uri {tracker.uri} --tracking-uri {tracker.uri}")
     return 0
 
 

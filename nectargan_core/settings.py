@@ -15,6 +15,7 @@ import copy
 import difflib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
@@ -443,12 +444,24 @@ class SampleDataSettings(Strict):
     )
 
 
+def refuse_credentials(uri: str, source: str) -> None:
+    """A URI is logged as a param and printed: its user and password would be too."""
+    parts = urlsplit(uri)
+    if parts.username or parts.password:
+        raise ValueError(
+            f"{source} holds credentials ({parts.scheme}://USER:PASSWORD@...); remove them and set "
+            "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (a database: PGPASSWORD) in the environment "
+            "or a git-ignored .env"
+        )
+
+
 class TrackingSettings(Strict):
     uri: str | None = Field(
         None,
-        description="MLflow tracking URI; null = the embedded default, an SQLite file mlflow.db in the project "
-        "folder (absolute path; a queued DVC experiment's temporary copy logs into the project's). A server URL "
-        "such as http://127.0.0.1:5000 also works.",
+        description="MLflow tracking URI; null = $NECTARGAN_TRACKING_URI when set, else the embedded default, an "
+        "SQLite file mlflow.db in the project folder (absolute path; a queued DVC experiment's temporary copy logs "
+        "into the project's). A server URL such as http://127.0.0.1:5000 also works. Never credentials: they come "
+        "from MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD (or PGPASSWORD) in the environment.",
     )
     experiment: str = Field("nectargan", min_length=1, description="MLflow experiment that holds the runs.")
     registered_model: str = Field(
@@ -473,6 +486,13 @@ class TrackingSettings(Strict):
         """Before it was a choice it was a flag: true stored every checkpoint, false none beyond the model."""
         if isinstance(value, bool):
             return "all" if value else "final"
+        return value
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        if value is not None:
+            refuse_credentials(value, "it")
         return value
 
     @field_validator("alias")
@@ -601,7 +621,15 @@ def _describe(error: dict[str, Any]) -> str:
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{key}: unknown key.{hint} Known keys here: {', '.join(allowed)}"
-    return f"{key}: {error['msg']} (got {error.get('input')!r})"
+    return f"{key}: {error['msg']} (got {_masked(error.get('input'))!r})"
+
+
+def _masked(value: object) -> object:
+    """A URI's password is never echoed back."""
+    if isinstance(value, str) and "@" in value and urlsplit(value).password:
+        parts = urlsplit(value)
+        return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}").geturl()
+    return value
 
 
 def _apply_override(tree: dict[str, Any], override: str) -> None:

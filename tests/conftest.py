@@ -1,3 +1,4 @@
+import shutil
 from pathlib import Path
 
 import pytest
@@ -12,3 +13,49 @@ def sample_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     generate_sample_dataset(SampleDataSettings(out=root, size=64, train=6, val=2, test=2, seed=0))
     return root
+
+
+# The team stack (team/compose.yaml) on loopback, started once per session by the tests that need it.
+
+
+@pytest.fixture(scope="session")
+def team_env():
+    from .team_stack import team_env as make
+
+    env = make()
+    yield env
+    shutil.rmtree(env.folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def team_postgres_db(team_env):
+    from .team_stack import postgres
+
+    with postgres(team_env):
+        yield team_env
+
+
+@pytest.fixture(scope="session")
+def team_s3_server(team_env):
+    from .team_stack import s3
+
+    with s3(team_env):
+        yield team_env
+
+
+@pytest.fixture(scope="session")
+def team_mlflow(team_postgres_db, team_s3_server):
+    """The URL of `mlflow server` on PostgreSQL with S3 artifacts."""
+    from .team_stack import mlflow_server
+
+    with mlflow_server(team_postgres_db) as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def team_prefect(team_postgres_db):
+    """The API URL of `prefect server start` on PostgreSQL."""
+    from .team_stack import prefect_server
+
+    with prefect_server(team_postgres_db) as api:
+        yield api

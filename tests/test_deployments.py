@@ -15,6 +15,8 @@ import yaml
 from mlflow import MlflowClient
 from PIL import Image
 
+from flows.serve import deployments
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow  # starts a Prefect server
@@ -200,3 +202,19 @@ def test_a_report_artifact_shows_its_images_in_the_prefect_ui(prefect_env, tmp_p
     subprocess.run([*browser, f"--screenshot={tmp_path / 'ui.png'}", "--window-size=1200,900", page], timeout=120)
     assert '<img src="data:image/png;base64,' in dom or '<img alt="curves" src="data:image/png' in dom, dom[-3000:]
     assert (tmp_path / "ui.png").stat().st_size > 0
+
+
+def test_prefect_yaml_declares_the_deployments_serve_serves():
+    """The work-pool path (prefect.yaml) and the one-machine path (flows/serve.py) offer the same deployments;
+    only flows/serve.py freezes params.yaml into them and limits each to one run (its machine's GPU)."""
+    declared = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    served = {d.name: d for d in deployments(ROOT / "params.yaml")}
+    assert declared.keys() == served.keys() == {"train", "nightly-continue", "sweep"}
+    for name, deployment in served.items():
+        spec = declared[name]
+        assert spec["entrypoint"] == deployment.entrypoint, name
+        assert (spec["description"], spec["tags"]) == (deployment.description, deployment.tags), name
+        assert [s["cron"] for s in spec.get("schedules", [])] == [s.schedule.cron for s in deployment.schedules]
+        frozen = {k: v for k, v in deployment.parameters.items() if k not in ("settings", "project_dir")}
+        assert spec.get("parameters", {}) == frozen, name
+    assert declared["nightly-continue"]["concurrency_limit"] == 1  # never two continues of one model at once

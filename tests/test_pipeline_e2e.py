@@ -17,6 +17,8 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 
+from .team_stack import documented, s3_objects
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
@@ -267,3 +269,26 @@ def test_queued_experiments_log_into_the_projects_store(project):
     assert {r.data.tags.get("dvc_experiment") for r in new} == {"q-10", "q-20"}
     assert all(r.info.status == "FINISHED" for r in new)
     assert not list((project / ".dvc" / "tmp").rglob("mlflow.db"))  # nothing logged into a temporary copy
+
+
+def test_team_s3_remote_push_then_a_fresh_clone_pulls_and_has_nothing_to_reproduce(project, team_s3_server, tmp_path):
+    """The README's Team setup DVC commands against an S3 API server; credentials only in the environment."""
+    team = team_s3_server
+    run(["dvc", "repro"], project)  # nothing to do after the tests above; the whole pipeline when run alone
+    for prefix in ("dvc remote add", "dvc remote modify"):
+        run(documented(prefix, team.values), project)
+    run(["git", "add", "-A"], project)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "team remote"], project)
+    assert not any(secret in (project / ".dvc" / "config").read_text() for secret in team.secrets)
+    pushed = run(documented("dvc push", team.values), project, team.s3_env)
+    assert "pushed" in pushed
+    stored = s3_objects(team, team.values["DVC_BUCKET"])
+    checkpoint = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["train"]["outs"][0]["md5"]
+    assert any(key.endswith(checkpoint[2:]) for key in stored)  # the checkpoint is in the bucket
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(project), str(clone)], tmp_path)
+    pulled = run(documented("dvc pull", team.values), clone, team.s3_env)
+    assert (clone / "outputs" / "train" / "checkpoints" / "latest.pt").is_file(), pulled
+    again = run(["dvc", "repro"], clone, team.s3_env)
+    assert stages_run(again) == [] and "Data and pipelines are up to date" in again

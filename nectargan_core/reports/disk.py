@@ -105,8 +105,12 @@ def disk_report(settings: Settings, project_dir: Path, mlflow: list[DiskRow]) ->
         row, new = _row(what, root, seen)
         rows.append(row)
         total += new
+    from nectargan_core.tracking.tracker import embedded, tracking_uri
+
     mlruns = project_dir / "mlruns"
-    if settings.tracking.uri is None and mlruns.is_dir():  # the embedded store: its files are local too
+    if (
+        embedded(tracking_uri(settings.tracking, project_dir)) and mlruns.is_dir()
+    ):  # the embedded store: its files are local too
         _, new = _row("MLflow", mlruns, seen)
         total += new
     else:

@@ -5,6 +5,7 @@ passed down, so the store is connected once and every artifact and metric name i
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -21,7 +22,7 @@ from mlflow.exceptions import MlflowException
 
 from nectargan_core.files import held_lock
 from nectargan_core.layout import parity_path
-from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted
+from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted, refuse_credentials
 from nectargan_core.tracking.provenance import file_md5
 
 if TYPE_CHECKING:
@@ -48,6 +49,9 @@ def example_image_key(sample: int) -> str:
     return f"examples/sample_{sample:02d}"
 
 
+TRACKING_URI_ENV = "NECTARGAN_TRACKING_URI"  # not MLflow's own: set_tracking_uri writes that one
+
+
 class TrackingUnavailable(RuntimeError):
     """The configured tracking server does not answer."""
 
@@ -63,19 +67,33 @@ def original_project(project_dir: Path) -> Path:
 
 
 def tracking_uri(cfg: TrackingSettings, project_dir: Path) -> str:
-    """The configured URI, or the embedded default: an SQLite file in the project, by absolute path."""
-    return cfg.uri or f"sqlite:///{original_project(project_dir) / 'mlflow.db'}"
+    """The configured URI, else $NECTARGAN_TRACKING_URI (how a team's workers find their server),
+    else the embedded default: an SQLite file in the project, by absolute path."""
+    if cfg.uri:
+        return cfg.uri
+    if os.environ.get(TRACKING_URI_ENV):
+        try:
+            refuse_credentials(os.environ[TRACKING_URI_ENV], TRACKING_URI_ENV)
+        except ValueError as exc:
+            raise TrackingUnavailable(str(exc)) from None
+        return os.environ[TRACKING_URI_ENV]
+    return f"sqlite:///{original_project(project_dir) / 'mlflow.db'}"
+
+
+def embedded(uri: str) -> bool:
+    """Whether the store is the project's own SQLite file (its artifacts beside it, on this disk)."""
+    return uri.startswith("sqlite:///")
 
 
 def _artifact_location(uri: str) -> str | None:
     """Beside an SQLite store: its folder's mlruns/ (MLflow's default would follow the working directory)."""
-    if uri.startswith("sqlite:///"):
+    if embedded(uri):
         return (Path(uri.removeprefix("sqlite:///")).parent / "mlruns").resolve().as_uri()
     return None  # a server decides
 
 
 def _sqlite_lock(uri: str) -> AbstractContextManager[None]:
-    if not uri.startswith("sqlite:///"):
+    if not embedded(uri):
         return nullcontext()
     database = Path(uri.removeprefix("sqlite:///"))
     return held_lock(database.with_name(database.name + ".lock"), f"the MLflow store {database}", wait=True)

@@ -1,0 +1,266 @@
+"""The team path against real servers on loopback (tests/team_stack.py): MLflow on PostgreSQL with S3
+artifacts, Prefect's server on PostgreSQL with a process work pool and a worker, and the compose
+file those servers come from. The DVC S3 remote test is beside the pipeline test it builds on
+(test_pipeline_e2e.py)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import urllib.request
+from pathlib import Path
+
+import mlflow
+import psycopg
+import pytest
+import yaml
+from mlflow import MlflowClient
+
+from nectargan_core.cli import main
+
+from .helpers import tiny_settings
+from .team_stack import (
+    COMPOSE,
+    ROOT,
+    bucket_names,
+    compose,
+    documented,
+    env_example,
+    expand,
+    readme_commands,
+    s3_objects,
+    service,
+)
+
+BIN = Path(sys.executable).parent
+MODEL = "nectargan-generator"
+MODEL_OF_TEAM = "team-generator"  # the server test's own registry entry (the worker test's flow uses MODEL)
+
+
+def _dsn(team_env, database: str) -> str:
+    values = team_env.values
+    return (
+        f"host=127.0.0.1 port={values['POSTGRES_PORT']} dbname={database} "
+        f"user={values['POSTGRES_USER']} password={values['POSTGRES_PASSWORD']}"
+    )
+
+
+def _leaks(folder: Path, secrets: list[str]) -> list[str]:
+    """Files under ``folder`` that hold any of ``secrets``."""
+    found = []
+    for path in (p for p in folder.rglob("*") if p.is_file()):
+        data = path.read_bytes()
+        found += [f"{path}: {secret[:4]}..." for secret in secrets if secret.encode() in data]
+    return found
+
+
+def _run_records(client: MlflowClient, experiment_id: str, folder: Path) -> Path:
+    """Everything MLflow keeps of the experiment's runs, written out: params, tags, metric names, artifacts."""
+    folder.mkdir()
+    for run in client.search_runs([experiment_id]):
+        run_folder = folder / run.info.run_id
+        run_folder.mkdir()
+        record = {"params": run.data.params, "tags": run.data.tags, "metrics": sorted(run.data.metrics)}
+        (run_folder / "record.json").write_text(json.dumps(record))
+        mlflow.artifacts.download_artifacts(run_id=run.info.run_id, dst_path=str(run_folder / "artifacts"))
+    return folder
+
+
+@pytest.mark.slow
+def test_team_postgres_mlflow_server_train_register_continue_predict_compare_sweep(
+    team_mlflow, team_env, sample_root, tmp_path, monkeypatch, capsys
+):
+    settings = tiny_settings(sample_root, **{"discriminator.epochs": 2})
+    params = settings.model_dump(mode="json")
+    params["tracking"] |= {"uri": team_mlflow, "experiment": "team", "registered_model": MODEL_OF_TEAM}
+    (tmp_path / "params.yaml").write_text(json.dumps(params))
+    monkeypatch.chdir(tmp_path)
+    printed = []
+
+    def nectargan(*args: str) -> None:
+        code = main(list(args))
+        out, err = capsys.readouterr()
+        printed.append(out + err)
+        assert code == 0, err[-3000:]
+
+    nectargan("train")
+    client = MlflowClient(team_mlflow, team_mlflow)
+    experiment = client.get_experiment_by_name("team").experiment_id
+    (first,) = client.search_runs([experiment])
+    assert first.info.status == "FINISHED" and first.info.artifact_uri.startswith("mlflow-artifacts:")
+    assert client.get_model_version_by_alias(MODEL_OF_TEAM, "current").run_id == first.info.run_id
+
+    # Continue the registered checkpoint for one more epoch: a new run whose parent is the first.
+    more = ["-s", "train.generator.epochs=3", "-s", "train.discriminator.epochs=3"]
+    nectargan(
+        "train", "-s", "train.continue_train=true", "-s", f"train.continue_from=models:/{MODEL_OF_TEAM}@current", *more
+    )
+    current = client.get_model_version_by_alias(MODEL_OF_TEAM, "current")
+    assert current.version == "2" and current.tags["epoch"] == "3"
+    assert client.get_run(current.run_id).data.params["train.continue_from"] == f"models:/{MODEL_OF_TEAM}@current"
+
+    inputs = sample_root / "test"
+    nectargan("predict", "--model", f"models:/{MODEL_OF_TEAM}@current", "--input", str(inputs), "--out", "predicted")
+    assert sorted(p.name for p in (tmp_path / "predicted").iterdir()) == sorted(p.name for p in inputs.iterdir())
+
+    nectargan("compare")
+    second = client.get_run(current.run_id)
+    assert first.info.run_name in printed[-1] and second.info.run_name in printed[-1]
+    assert (tmp_path / "outputs" / "compare" / "leaderboard.md").is_file()
+
+    nectargan("sweep", "-s", "train.loss.l1=50,100", "--name", "team")
+    assert "| l1=50 | finished |" in printed[-1] and "| l1=100 | finished |" in printed[-1]
+    runs = client.search_runs([experiment])
+    assert len(runs) == 2 + 1 + 2  # two trainings, the sweep's parent and its two children
+
+    # Where the records are: runs in PostgreSQL, artifacts in the S3 bucket, nothing in the project.
+    with psycopg.connect(_dsn(team_env, "mlflow")) as connection:
+        stored = {row[0] for row in connection.execute("SELECT run_uuid FROM runs WHERE lifecycle_stage = 'active'")}
+    assert {run.info.run_id for run in runs} <= stored
+    objects = s3_objects(team_env, team_env.values["MLFLOW_BUCKET"])
+    assert any(key.endswith("compare/val_curves.png") for key in objects)
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
+
+    # No credential in what the runs recorded, nor in anything printed.
+    records = _run_records(client, experiment, tmp_path / "records")
+    (tmp_path / "records" / "printed.txt").write_text("\n".join(printed))
+    assert not _leaks(records, team_env.secrets)
+
+
+def test_a_tracking_uri_with_credentials_is_refused(sample_root, tmp_path, monkeypatch, capsys):
+    settings = tiny_settings(sample_root)
+    (tmp_path / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
+    monkeypatch.chdir(tmp_path)
+    assert main(["compare", "-s", "tracking.uri=http://ana:s3cret@127.0.0.1:5000"]) == 2
+    err = capsys.readouterr().err
+    assert "tracking.uri" in err and "MLFLOW_TRACKING_PASSWORD" in err and "s3cret" not in err
+    monkeypatch.setenv("NECTARGAN_TRACKING_URI", "http://ana:s3cret@127.0.0.1:5000")
+    assert main(["compare"]) != 0
+    err = capsys.readouterr().err
+    assert "NECTARGAN_TRACKING_URI holds credentials" in err and "s3cret" not in err
+
+
+def _api(api: str, path: str, body: dict | None = None) -> object:
+    request = urllib.request.Request(
+        f"{api}/{path}", data=json.dumps(body or {}).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())
+
+
+def _project_copy(destination: Path, params: dict) -> Path:
+    """This project's tracked files (flows/, prefect.yaml, ...) with ``params`` as params.yaml."""
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    for name in filter(None, listed.split("\0")):
+        source = ROOT / name
+        if source.is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            (destination / name).write_bytes(source.read_bytes())
+    (destination / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    return destination
+
+
+@pytest.mark.slow
+def test_team_worker_takes_a_deployed_run_from_the_work_pool_to_completed(
+    team_prefect, team_mlflow, team_env, sample_root, tmp_path
+):
+    project = _project_copy(tmp_path / "project", tiny_settings(sample_root).model_dump(mode="json"))
+    _, worker_env = service("worker", {**team_env.values, "NECTARGAN_PROJECT_DIR": str(project)})
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        **worker_env,  # PREFECT_API_URL, NECTARGAN_TRACKING_URI, NECTARGAN_PROJECT_DIR, as the compose worker has them
+    }
+    assert env["PREFECT_API_URL"] == team_prefect
+
+    def run(argv: list[str], timeout: float = 300) -> str:
+        done = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
+        assert done.returncode == 0, f"{' '.join(argv)}:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}"
+        return done.stdout + done.stderr
+
+    logs = [run(documented("prefect work-pool create", team_env.values))]
+    logs.append(run(documented("prefect --no-prompt deploy --all", team_env.values)))
+    deployments = _api(team_prefect, "deployments/filter")
+    assert {d["name"] for d in deployments} == {"train", "nightly-continue", "sweep"}
+    assert all(d["work_pool_name"] == "nectargan-gpu" for d in deployments)
+    (nightly,) = [d for d in deployments if d["name"] == "nightly-continue"]
+    assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
+
+    logs.append(run(documented("prefect deployment run", team_env.values)))
+    (flow_run_id,) = re.findall(r"UUID: ([0-9a-f-]{36})", logs[-1])
+    # The compose worker's command, once: it takes the run, runs it in a process and waits for it.
+    command, _ = service("worker", team_env.values)
+    assert command == documented("prefect worker start", team_env.values)
+    logs.append(run([*command, "--run-once"], timeout=600))
+
+    with urllib.request.urlopen(f"{team_prefect}/flow_runs/{flow_run_id}", timeout=30) as response:
+        flow_run = json.loads(response.read())
+    assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
+    with psycopg.connect(_dsn(team_env, "prefect")) as connection:  # the Prefect server keeps it in PostgreSQL
+        (state,) = connection.execute("SELECT state_type FROM flow_run WHERE id = %s", (flow_run_id,)).fetchone()
+    assert state == "COMPLETED"
+    flow_logs = json.dumps(_api(team_prefect, "logs/filter", {"limit": 200}))
+    (run_id,) = set(re.findall(r"MLflow run ([0-9a-f]{32})", flow_logs))  # the flow run names its MLflow run
+    client = MlflowClient(team_mlflow, team_mlflow)  # the worker found the server through NECTARGAN_TRACKING_URI
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert client.get_model_version_by_alias(MODEL, "current").run_id == run_id
+
+    # No credential in the flow run's logs, its artifacts, or anything the commands printed.
+    records = tmp_path / "records"
+    records.mkdir()
+    (records / "printed.txt").write_text("\n".join(logs))
+    (records / "logs.json").write_text(flow_logs)
+    (records / "artifacts.json").write_text(json.dumps(_api(team_prefect, "artifacts/filter")))
+    assert "run-summary" in (records / "artifacts.json").read_text()
+    assert not _leaks(records, team_env.secrets)
+
+
+def test_the_compose_file_is_the_stack_the_team_tests_start():
+    services = compose()["services"]
+    assert {"postgres", "s3", "buckets", "mlflow", "prefect", "worker"} <= set(services)
+    # Published ports on loopback only; every variable is in env.example or has a default.
+    for name, spec in services.items():
+        assert all(str(port).startswith("127.0.0.1:") for port in spec.get("ports", [])), name
+    example = env_example()
+    expand(COMPOSE.read_text(), example)  # raises on a variable with neither a value nor a default
+    assert "change-me" in example["POSTGRES_PASSWORD"] and "change-me" in example["S3_SECRET_KEY"]
+    # No secret spelled out: credentials only through ${...}, never on a server's command line.
+    text = COMPOSE.read_text()
+    assert not re.search(r"(PASSWORD|SECRET[A-Z_]*|_KEY[A-Z_]*):\s*[^$\s]", text)
+    for name in ("mlflow", "prefect", "worker"):
+        command, _ = service(name, example)
+        assert not any(example[k] in " ".join(command) for k in ("POSTGRES_PASSWORD", "S3_SECRET_KEY")), name
+    assert [expand(b, example) for b in bucket_names()] == [example["MLFLOW_BUCKET"], example["DVC_BUCKET"]]
+    # The worker serves the pool prefect.yaml deploys to.
+    pools = {d["work_pool"]["name"] for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
+    command, _ = service("worker", example)
+    assert pools == {command[command.index("--pool") + 1]}
+    # The services built from the Dockerfile find their commands on the image's PATH (the project's venv).
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "ENV PATH=/home/nectar/app/.venv/bin:$PATH" in dockerfile
+    for name, spec in services.items():
+        if spec.get("image") == "nectargan":
+            command, _ = service(name, example)
+            assert (BIN / command[0]).is_file(), f"{name}: {command[0]} is not installed by the project"
+    # A git-ignored .env holds the real values, and never goes into the image.
+    assert {".env", "team/.env"} <= set((ROOT / ".dockerignore").read_text().splitlines())
+    ignored = subprocess.run(["git", "check-ignore", "-q", "team/.env"], cwd=ROOT)
+    assert ignored.returncode == 0, "team/.env must be git-ignored"
+
+
+def test_the_readme_team_setup_runs_what_the_tests_run():
+    commands = readme_commands()
+    for prefix in (
+        "prefect work-pool create",
+        "prefect --no-prompt deploy --all",
+        "prefect deployment run",
+        "prefect worker start",
+        "dvc remote add",
+        "dvc remote modify",
+        "dvc push",
+        "dvc pull",
+    ):
+        assert len([line for line in commands if line.startswith(prefix)]) == 1, prefix
+    assert any(line.startswith("docker compose") and "team/compose.yaml" in line for line in commands)
