@@ -238,6 +238,28 @@ class DataSettings(Strict):
     batch_size: int = Field(1, ge=1, description="Images per training step.")
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process).")
     augment: Augmentations = Field(Augmentations(), description="Training augmentations.")
+    loader: Literal["auto", "workers", "device"] = Field(
+        "auto",
+        description="workers: decode, resize, crop and augment each sample with PIL/torchvision in DataLoader "
+        "workers (every augmentation); device: decode and resize each image once into a uint8 cache, then cut "
+        "the random crops and flips of a whole batch on the training device (only hflip and vflip); auto: "
+        "device on CUDA when no other augmentation is on, workers otherwise.",
+    )
+    cache_dir: Path = Field(
+        Path(".cache/decoded"),
+        description="Where the device loader keeps a decoded split too big for memory (memory-mapped, keyed by "
+        "the dataset's files and the load size; no DVC output, in the disk report).",
+    )
+    cache_memory_gb: float = Field(
+        8.0, ge=0.0, description="The device loader keeps a decoded split up to this size in memory, else on disk."
+    )
+
+
+def cpu_only_augmentations(augment: Augmentations) -> list[str]:
+    """The enabled augmentations that the device loader does not do (all but hflip and vflip)."""
+    joint = [f"augment.joint.{name}" for name, spec in augment.joint if name not in ("hflip", "vflip") and spec.p > 0]
+    pixel = [f"augment.input.{name}" for name, spec in augment.input if spec.p > 0]
+    return joint + pixel + [f"augment.target[{i}]" for i, spec in enumerate(augment.target) if spec.p > 0]
 
 
 # ---------------------------------------------------------------- models
@@ -364,6 +386,11 @@ class TrainSettings(Strict):
         "auto", description="bf16: bfloat16 autocast; auto: bf16 on CUDA, fp32 on CPU."
     )
     channels_last: bool = Field(False, description="Run the networks in channels_last memory format.")
+    compile: bool = Field(
+        False,
+        description="torch.compile G and D (inductor): faster steps after a compile of tens of seconds at the "
+        "start of each process; the losses agree with eager ones to float rounding, not bit for bit.",
+    )
     checkpoint_every: int = Field(
         5,
         ge=1,
@@ -553,6 +580,12 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         problems.append(
             f"data.crop_size ({data.crop_size}) is larger than data.load_size ({data.load_size}); "
             "make load_size >= crop_size"
+        )
+    cpu_only = cpu_only_augmentations(data.augment)
+    if data.loader == "device" and cpu_only:
+        problems.append(
+            f"data.loader 'device' cuts crops and flips only; {', '.join(cpu_only)} run in CPU workers: set "
+            "data.loader: workers (or auto), or turn those augmentations off"
         )
     multiple = 2 ** (gen.n_downs + 2)
     if data.crop_size % multiple:

@@ -96,6 +96,7 @@ def disk_report(settings: Settings, project_dir: Path, mlflow: list[DiskRow]) ->
         ("run: example strips", run.examples),
         ("run: previous run, set aside", run.previous),
         *((f"stage: {name}", Path(folder)) for name, folder in settings.outputs.model_dump().items()),
+        ("decoded image cache (data.cache_dir)", Path(settings.data.cache_dir)),
         ("DVC cache", project_dir / ".dvc" / "cache"),
         *(("DVC remote", folder) for folder in dvc_remote_folders(project_dir)),
     ]

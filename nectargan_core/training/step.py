@@ -78,8 +78,9 @@ class GANStep:
         # Under torchrun, G and D each get a DDP wrapper of their own (one over both breaks the two-
         # optimiser step); the wrappers start from rank 0's weights. The plain modules stay the ones
         # that are saved, loaded and run for examples.
-        self._g = self._parallel(self.generator)
-        self._d = self._parallel(self.discriminator)
+        self._g = self._compiled(self._parallel(self.generator))
+        self._d = self._compiled(self._parallel(self.discriminator))
+        self._d_frozen = self._compiled(self.discriminator)
         fused = device.type == "cuda"  # one kernel for all parameters; CPU has no fused Adam
         self.opt_g = torch.optim.Adam(
             self.generator.parameters(), lr=cfg.generator.initial, betas=(cfg.generator.beta1, BETA2), fused=fused
@@ -94,6 +95,10 @@ class GANStep:
         self.weights: dict[str, float] = {}
         self.layout = LossLayout(())
         self.set_epoch(1)
+
+    def _compiled(self, module: torch.nn.Module) -> torch.nn.Module:
+        """train.compile: a compiled caller of the same module (its parameters and state_dict unchanged)."""
+        return torch.compile(module) if self.settings.train.compile else module
 
     def _parallel(self, module: torch.nn.Module) -> torch.nn.Module:
         if not self.world.distributed:
@@ -132,7 +137,7 @@ class GANStep:
         self.discriminator.requires_grad_(False)
         self.opt_g.zero_grad(set_to_none=True)
         with self.autocast():
-            logits = self.discriminator(x, fake) if self.weights["gan"] > 0 else None
+            logits = self._d_frozen(x, fake) if self.weights["gan"] > 0 else None
             total, terms = self.objective(fake, y, self.weights, logits)
         total.backward()
         self.opt_g.step()

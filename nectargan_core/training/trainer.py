@@ -8,7 +8,6 @@ Pure library: progress goes out through ``TrainingCallback`` hooks, files go und
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import shutil
 import time
@@ -23,11 +22,11 @@ from torch.utils.data import DataLoader
 
 from nectargan_core.checkpoint import prune_checkpoints, save_checkpoint, snapshot_of
 from nectargan_core.data.dataset import PairedImageDataset
+from nectargan_core.data.loaders import train_loader
 from nectargan_core.data.transforms import PairTransform
 from nectargan_core.device import autocast_dtype, resolve_device
 from nectargan_core.distributed import (
     DistributedError,
-    RankBatches,
     World,
     any_rank,
     broadcast,
@@ -131,15 +130,6 @@ def _write_summary(paths: RunPaths, result: TrainResult, settings: Settings, dev
     write_json_atomic(paths.summary, summary)
 
 
-def _worker_context() -> multiprocessing.context.BaseContext:
-    """A forkserver that has imported the data pipeline once, so per-epoch workers start fast."""
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(
-        ["torch", "torchvision", "nectargan_core.data.dataset", "nectargan_core.data.transforms"]
-    )
-    return context
-
-
 def train(
     settings: Settings, callbacks: Sequence[TrainingCallback] = (), run: dict[str, str] | None = None
 ) -> TrainResult:
@@ -179,7 +169,6 @@ def _train(
 
     torch.manual_seed(settings.seed)
     step = GANStep(settings, device, autocast_dtype(cfg, device), world)
-    dataset = PairedImageDataset(settings.data, "train", PairTransform(settings.data, train=True))
     examples = _fixed_examples(settings) if world.is_main else None
     val_pairs = ValidationPairs.load(settings, device) if cfg.validate_every and world.is_main else None
 
@@ -192,20 +181,7 @@ def _train(
     last_checkpoint = start.checkpoint
 
     generator = torch.Generator()
-    if world.distributed:  # each process takes its share of the global batches one process would see
-        batches = {"batch_sampler": RankBatches(len(dataset), settings.data.batch_size, world, generator)}
-    else:
-        batches = {"batch_size": settings.data.batch_size, "shuffle": True}
-    loader = DataLoader(
-        dataset,
-        **batches,
-        generator=generator,
-        num_workers=settings.data.num_workers,
-        pin_memory=device.type == "cuda",
-        # Workers start from a clean forkserver, not a fork of this process: a fork inherits the
-        # threads of whatever hosts training (Prefect, MLflow's system metrics) and can hang or die.
-        multiprocessing_context=_worker_context() if settings.data.num_workers > 0 else None,
-    )
+    loader = train_loader(settings, device, world, generator)
     loss_log = LossLog(paths.loss_log) if settings.logging.log_losses and world.is_main else None
     keep_steps = settings.logging.log_losses
     total = cfg.total_epochs
