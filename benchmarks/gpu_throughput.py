@@ -115,6 +115,7 @@ def measure(
     variant: Variant, device: torch.device, warmup: int, steps: int, workers: int, flops: int
 ) -> dict[str, float]:
     settings = variant.settings
+    torch._dynamo.reset()  # each variant compiles afresh, as a training process would
     torch.manual_seed(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)

@@ -658,10 +658,15 @@ def _describe(error: dict[str, Any]) -> str:
 
 
 def _masked(value: object) -> object:
-    """A URI's password is never echoed back."""
-    if isinstance(value, str) and "@" in value and urlsplit(value).password:
+    """A URI's user part (a user and password, or a token) is never echoed back."""
+    if not isinstance(value, str) or "@" not in value:
+        return value
+    try:
         parts = urlsplit(value)
-        return parts._replace(netloc=f"{parts.username}:***@{parts.netloc.rsplit('@', 1)[1]}").geturl()
+    except ValueError:
+        return value
+    if parts.username or parts.password:
+        return parts._replace(netloc=f"***@{parts.netloc.rsplit('@', 1)[1]}").geturl()
     return value
 
 

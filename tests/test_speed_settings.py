@@ -4,10 +4,13 @@ import logging
 
 import pytest
 import torch
+from torch._dynamo.eval_frame import OptimizedModule
 
 from nectargan_core import device as device_module
+from nectargan_core.checkpoint import load_checkpoint
 from nectargan_core.device import autocast_dtype
 from nectargan_core.settings import with_changes
+from nectargan_core.training.step import GANStep
 from nectargan_core.training.trainer import train
 
 from .helpers import tiny_settings
@@ -23,7 +26,12 @@ def test_compiled_networks_train_to_the_eager_losses(sample_root, tmp_path):
         return with_changes(base, {"model.generator.dropout": 0.0})
 
     train(settings("eager"))
-    train(settings("compiled", compile=True))
+    compiled_settings = settings("compiled", compile=True)
+    step = GANStep(compiled_settings, torch.device("cpu"), None)
+    assert all(isinstance(m, OptimizedModule) for m in (step._g, step._d, step._d_frozen))  # compile is on
+    train(compiled_settings)
+    state = load_checkpoint(tmp_path / "compiled" / "checkpoints" / "latest.pt")
+    assert not any("_orig_mod" in key for net in ("generator", "discriminator") for key in state[net])
     eager, compiled = losses(epoch_rows(tmp_path / "eager")), losses(epoch_rows(tmp_path / "compiled"))
     assert {k for k, v in eager[0].items() if v} == {k for k, v in compiled[0].items() if v}
     for column, value in ((k, v) for k, v in eager[0].items() if v):

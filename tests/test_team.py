@@ -135,6 +135,8 @@ def test_a_tracking_uri_with_credentials_is_refused(sample_root, tmp_path, monke
     assert main(["compare", "-s", "tracking.uri=http://ana:s3cret@127.0.0.1:5000"]) == 2
     err = capsys.readouterr().err
     assert "tracking.uri" in err and "MLFLOW_TRACKING_PASSWORD" in err and "s3cret" not in err
+    assert main(["compare", "-s", "tracking.uri=https://ghp_t0ken@mlflow.example"]) == 2
+    assert "ghp_t0ken" not in capsys.readouterr().err  # a token alone is a credential too
     monkeypatch.setenv("NECTARGAN_TRACKING_URI", "http://ana:s3cret@127.0.0.1:5000")
     assert main(["compare"]) != 0
     err = capsys.readouterr().err
@@ -181,8 +183,11 @@ def test_team_worker_takes_a_deployed_run_from_the_work_pool_to_completed(
         return done.stdout + done.stderr
 
     logs = [run(documented("prefect work-pool create", team_env.values))]
-    logs.append(run(documented("prefect --no-prompt deploy --all", team_env.values)))
+    logs.append(run(documented("env -u NECTARGAN_PROJECT_DIR prefect --no-prompt deploy", team_env.values)))
     deployments = _api(team_prefect, "deployments/filter")
+    for deployment in deployments:  # the worker's own project folder, resolved when a run starts there
+        step = deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
+        assert step["directory"] == "{{ $NECTARGAN_PROJECT_DIR }}", deployment["name"]
     assert {d["name"] for d in deployments} == {"train", "nightly-continue", "sweep"}
     assert all(d["work_pool_name"] == "nectargan-gpu" for d in deployments)
     (nightly,) = [d for d in deployments if d["name"] == "nightly-continue"]
@@ -254,7 +259,7 @@ def test_the_readme_team_setup_runs_what_the_tests_run():
     commands = readme_commands()
     for prefix in (
         "prefect work-pool create",
-        "prefect --no-prompt deploy --all",
+        "env -u NECTARGAN_PROJECT_DIR prefect --no-prompt deploy --all",
         "prefect deployment run",
         "prefect worker start",
         "dvc remote add",

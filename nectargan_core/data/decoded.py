@@ -166,28 +166,37 @@ class DeviceBatches:
         for indices in self.batches:
             yield self.cut(torch.as_tensor(indices))
 
-    def _to_device(self, images: torch.Tensor | np.ndarray, index: torch.Tensor) -> torch.Tensor:
-        if isinstance(images, torch.Tensor):  # already on the GPU
-            return images[index.to(self.device)]
-        batch = torch.from_numpy(images[index.numpy()])  # a gather: a copy, also from a memory map
+    def _upload(self, values: torch.Tensor) -> torch.Tensor:
+        """A small host tensor on the device without a host sync (pinned, non_blocking on CUDA)."""
         if self.device.type == "cuda":
-            batch = batch.pin_memory()
-        return batch.to(self.device, non_blocking=True)
+            values = values.pin_memory()
+        return values.to(self.device, non_blocking=True)
+
+    def _gather(
+        self, images: torch.Tensor | np.ndarray, index: torch.Tensor, device_index: torch.Tensor
+    ) -> torch.Tensor:
+        if isinstance(images, torch.Tensor):  # already on the GPU
+            return images[device_index]
+        return self._upload(torch.from_numpy(images[index.numpy()]))  # a gather: a copy, also from a memory map
 
     def cut(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The random crops and flips of one batch, the same on input and target."""
+        """The random crops and flips of one batch, the same on input and target.
+
+        The draws are made on the host and reach the device in one non-blocking copy: a plain
+        ``.to(device)`` of pageable memory would wait for the GPU's queue to drain at every batch.
+        """
         count, size = len(index), self.a.shape[1]
         offsets = torch.randint(0, size - self.crop + 1, (count, 2))
-        flips = torch.rand(count, 2)
-        span = torch.arange(self.crop)
-        rows = (offsets[:, :1] + span).to(self.device)
-        cols = (offsets[:, 1:] + span).to(self.device)
-        hflip = (flips[:, 0] < self.hflip).to(self.device).view(-1, 1, 1, 1)
-        vflip = (flips[:, 1] < self.vflip).to(self.device).view(-1, 1, 1, 1)
+        flips = torch.rand(count, 2) < torch.tensor([self.hflip, self.vflip])
+        plan = self._upload(torch.cat([index[:, None], offsets, flips.long()], dim=1))
+        device_index, top, left = plan[:, 0], plan[:, 1:2], plan[:, 2:3]
+        span = torch.arange(self.crop, device=self.device)
+        rows, cols = (top + span)[:, :, None], (left + span)[:, None, :]
+        hflip, vflip = (plan[:, 3:5].bool().view(count, 2, 1, 1, 1)).unbind(1)
         sample = torch.arange(count, device=self.device)[:, None, None]
 
-        def crop(images: torch.Tensor) -> torch.Tensor:
-            batch = self._to_device(images, index)[sample, rows[:, :, None], cols[:, None, :]]  # (B, crop, crop, C)
+        def crop(images: torch.Tensor | np.ndarray) -> torch.Tensor:
+            batch = self._gather(images, index, device_index)[sample, rows, cols]  # (B, crop, crop, C)
             batch = batch.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
             batch = torch.where(hflip, batch.flip(-1), batch)
             return torch.where(vflip, batch.flip(-2), batch)
