@@ -296,13 +296,7 @@ def _dead_run_of_folder(settings: Settings, tracker: Tracker) -> str | None:
     from nectargan_core.tracking.tracker import settings_params
 
     folder = settings_params(settings)["train.output_dir"]
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        f"attributes.status = 'RUNNING' and params.`train.output_dir` = '{folder}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+    return tracker.newest_run(f"attributes.status = 'RUNNING' and params.`train.output_dir` = '{folder}'")
 
 
 def _interrupted_run(settings: Settings, tracker: Tracker, paths: RunPaths, project_dir: Path) -> str | None:

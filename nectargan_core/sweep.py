@@ -289,13 +289,7 @@ def collect_metrics(tracker: Tracker, child: ChildResult) -> None:
 
 
 def _child_run_id(tracker: Tracker, parent: str, child: ChildResult) -> str | None:
-    runs = tracker.client.search_runs(
-        [tracker.experiment_id],
-        f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{CHILD_TAG}` = '{child.combination.name}'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return runs[0].info.run_id if runs else None
+    return tracker.newest_run(f"tags.`{PARENT_TAG}` = '{parent}' and tags.`{CHILD_TAG}` = '{child.combination.name}'")
 
 
 def best_child(children: Sequence[ChildResult], select_by: str) -> ChildResult | None:

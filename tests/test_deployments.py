@@ -3,11 +3,8 @@
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -16,6 +13,8 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from flows.serve import deployments
+
+from .team_stack import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -61,29 +60,10 @@ print(json.dumps({
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, seconds: float = 90) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"prefect server exited:\n{log.read_text()[-3000:]}")
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except OSError:
-            time.sleep(1)
-    pytest.fail(f"prefect server not healthy after {seconds}s:\n{log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def prefect_env(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-server")
-    port = _free_port()
+    port = free_port()
     env = {
         **os.environ,
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -101,7 +81,7 @@ def prefect_env(tmp_path_factory):
             stderr=subprocess.STDOUT,
         )
     try:
-        _wait_healthy(f"http://127.0.0.1:{port}/api/health", server, log)
+        wait_for(f"http://127.0.0.1:{port}/api/health", server, log, timeout=90)
         yield env
     finally:
         server.terminate()

@@ -179,6 +179,13 @@ class Tracker:
         active = run.info.lifecycle_stage == "active" and run.info.experiment_id == self.experiment_id
         return run if active else None
 
+    def newest_run(self, filter_string: str) -> str | None:
+        """The id of the newest run of this experiment that matches an MLflow filter, or None."""
+        runs = self.client.search_runs(
+            [self.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1
+        )
+        return runs[0].info.run_id if runs else None
+
     def log_settings(self, run_id: str, settings: Settings) -> None:
         params = [Param(key, value) for key, value in settings_params(settings).items()]
         for start in range(0, len(params), 100):  # MLflow's batch limit
