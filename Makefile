@@ -9,9 +9,12 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 .PHONY: run test lint install flow serve clean
 
-$(STAMP): pyproject.toml
+# venv-bin.pth lets .venv/bin's tools find each other without an activated venv (dvc's stages run
+# `nectargan`, mlflow runs `uvicorn`).
+$(STAMP): pyproject.toml venv-bin.pth
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	cp venv-bin.pth "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')"
 	touch $(STAMP)
 
 install: $(STAMP)

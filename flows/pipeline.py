@@ -32,6 +32,7 @@ from nectargan_core.checkpoint import CheckpointError
 from nectargan_core.errors import describe_failure
 from nectargan_core.inference.evaluate import EvaluationResult
 from nectargan_core.inference.onnx import ExportResult
+from nectargan_core.launch import TrainRequest, start_training
 from nectargan_core.layout import SweepPaths
 from nectargan_core.settings import Settings, anchored, load_settings, with_changes
 from nectargan_core.stages import (
@@ -41,14 +42,11 @@ from nectargan_core.stages import (
     examples_stage,
     export_stage,
     fetch_parent,
-    train_stage,
-    trained_result,
     validate_stage,
 )
 from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import ConsoleReporter, EpochSummary, TrainingCallback
-from nectargan_core.training.launch import train_in_processes
 
 MAX_INLINE_BYTES = 2_000_000
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
@@ -146,11 +144,8 @@ def train_task(
 ) -> TrainStageResult:
     """In this process, or with train.nproc_per_node > 1 in that many processes through torchrun (the
     processes fetch a registered parent themselves; their progress is in this task's output)."""
-    tags = {"prefect_flow_run_id": str(flow_run.id)}
-    if settings.train.nproc_per_node > 1:
-        return trained_result(train_in_processes(settings, project_dir, tags))
-    callbacks = [ConsoleReporter(), ProgressArtifact()]
-    return train_stage(settings, tracker, project_dir, callbacks, tags=tags, parent=parent)
+    request = TrainRequest(settings, {"prefect_flow_run_id": str(flow_run.id)})
+    return start_training(request, project_dir, tracker, [ConsoleReporter(), ProgressArtifact()], parent)
 
 
 @task(name="export examples", cache_policy=NO_CACHE)
@@ -249,9 +244,8 @@ def pipeline(
 @clear_failure
 def train_child_task(settings: Settings, tracker: Tracker, project_dir: Path, tags: dict[str, str]) -> str:
     """One child, like the train task: in this process, or on all GPUs (train.nproc_per_node) via torchrun."""
-    if settings.train.nproc_per_node > 1:
-        return trained_result(train_in_processes(settings, project_dir, tags, register=False)).run_id
-    return train_stage(settings, tracker, project_dir, [ConsoleReporter()], tags=tags, register=False).run_id
+    request = TrainRequest(settings, tags, register=False)
+    return start_training(request, project_dir, tracker, [ConsoleReporter()]).run_id
 
 
 @flow(name="nectargan-sweep", log_prints=True)
@@ -268,29 +262,27 @@ def sweep_flow(
     name: the sweep's name (default: from the grid; rerunning a sweep skips its finished children).
     register_best: register the best child by select_by (a val/ metric), which moves the alias.
     """
-    from nectargan_core import sweep
+    from nectargan_core.studies import grid as study
+    from nectargan_core.studies.sweep import sweep
 
     project = Path(project_dir).resolve()
-    combinations = sweep.grid(grid or ["train.loss.l1=50,100"])
-    name = name or sweep.sweep_name(combinations)
-    settings, paths, children = sweep.plan(project / "params.yaml", [], combinations, name)
+    combinations = study.grid(grid or ["train.loss.l1=50,100"])
+    name = name or study.sweep_name(combinations)
+    settings, paths, children = study.plan(project / "params.yaml", [], combinations, name)
     paths = SweepPaths(project / paths.root)
-    children = [sweep.ChildResult(child.combination, anchored(child.settings, project)) for child in children]
+    children = [study.ChildResult(child.combination, anchored(child.settings, project)) for child in children]
     tracker = Tracker.connect(settings.tracking, project)
     _run(validate_task, anchored(settings, project))
 
-    def train_child(child: sweep.ChildResult, tags: dict[str, str]) -> str:
+    def train_child(child: study.ChildResult, tags: dict[str, str]) -> str:
         return _run(train_child_task, child.settings, tracker, project, tags)
 
-    parent, children = sweep.run_sweep(tracker, project, name, children, train_child=train_child)
-    best = sweep.best_child(children, select_by)
-    version = sweep.register_best(tracker, parent, best, project) if register_best and best else None
-    report = sweep.write_report(tracker, parent, paths, children, best)[0]
-    create_markdown_artifact(inline_images(report), key="sweep-report")
+    done = sweep(tracker, project, name, paths, children, select_by, register_best, train_child=train_child)
+    create_markdown_artifact(inline_images(done.report), key="sweep-report")
     return {
-        "parent_run_id": parent,
-        "children": {c.combination.name: {"run_id": c.run_id, "status": c.status} for c in children},
-        "best": best.combination.name if best else None,
-        "model_version": version,
-        "report": str(report),
+        "parent_run_id": done.parent_run_id,
+        "children": {c.combination.name: {"run_id": c.run_id, "status": c.status} for c in done.children},
+        "best": done.best.combination.name if done.best else None,
+        "model_version": done.model_version,
+        "report": str(done.report),
     }

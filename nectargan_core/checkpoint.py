@@ -20,7 +20,6 @@ from nectargan_core.files import write_atomic
 from nectargan_core.layout import CHECKPOINT_PATTERN, RunPaths, checkpoint_epoch
 
 FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1 files are full states (there were no snapshots)
 Contents = Literal["full", "networks", "generator"]
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 _META = ("epoch", "seed", "settings", "architecture")
@@ -70,9 +69,9 @@ def load_checkpoint(path: Path, mmap: bool = False) -> dict[str, Any]:
             f"{path}: not a nectargan checkpoint (no format_version; it holds {keys}, like a bare state_dict). "
             f"{_others(path)}"
         )
-    if state["format_version"] not in READABLE_VERSIONS:
+    if state["format_version"] != FORMAT_VERSION:
         raise CheckpointError(
-            f"{path}: checkpoint format {state['format_version']!r}, this version reads {READABLE_VERSIONS}"
+            f"{path}: checkpoint format {state['format_version']!r}, this version reads {FORMAT_VERSION}"
         )
     return state
 
@@ -94,10 +93,6 @@ def _others(path: Path) -> str:
     return f"Beside it: {', '.join(others)}; point train.continue_from (or --model) at one of them."
 
 
-def contents(state: dict[str, Any]) -> Contents:
-    return state.get("contents", "full")
-
-
 def snapshot_of(state: dict[str, Any], kind: Contents, precision: str = "fp32") -> dict[str, Any]:
     """What a snapshot of ``kind`` keeps of a full state, network weights cast to ``precision``."""
     if kind == "full":
@@ -113,10 +108,10 @@ def snapshot_of(state: dict[str, Any], kind: Contents, precision: str = "fp32") 
 
 def require_full_state(path: Path, state: dict[str, Any]) -> None:
     """Continuing needs the optimisers; say what the file holds and what to use instead."""
-    if contents(state) == "full":
+    if state["contents"] == "full":
         return
     raise CheckpointError(
-        f"{path} is a snapshot holding {contents(state)} weights of epoch {state['epoch']}, without the "
+        f"{path} is a snapshot holding {state['contents']} weights of epoch {state['epoch']}, without the "
         "optimiser state that continuing needs. Continue from the run's checkpoints/latest.pt "
         "(train.load_epoch: latest), start a new run from these weights with train.warm_start, or keep "
         "full snapshots with train.snapshot: full."
@@ -142,9 +137,8 @@ def find_checkpoint(source: Path, epoch: int | str) -> Path:
         return source
     run = RunPaths(source.parent if source.name == RunPaths(source).checkpoints.name else source)
     latest = run.latest if run.latest.is_file() else None
-    # Snapshots of the run; or epoch files right in the folder given (a bare folder, or a run of
-    # the layout before latest.pt, whose checkpoints/ held epoch_NNNN.pt full states).
-    snapshots = list_checkpoints(run.snapshots) or list_checkpoints(source) or list_checkpoints(run.checkpoints)
+    # Snapshots of the run; or epoch files right in the folder given (a bare folder of them).
+    snapshots = list_checkpoints(run.snapshots) or list_checkpoints(source)
     if latest is None and not snapshots:
         raise CheckpointError(
             f"{source}: no checkpoints ({run.latest.relative_to(run.root)} or "

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -35,6 +36,7 @@ class World:
     rank: int = 0
     local_rank: int = 0
     size: int = 1
+    launched: bool = False  # torchrun started this process: it must never launch torchrun again
 
     @property
     def is_main(self) -> bool:
@@ -58,12 +60,10 @@ class World:
             ) from None
         if not 0 <= rank < size:
             raise DistributedError(f"RANK {rank} is outside WORLD_SIZE {size}; start the processes with torchrun")
-        return cls(rank, local, size)
+        return cls(rank, local, size, launched="WORLD_SIZE" in os.environ)
 
 
-def under_launcher() -> bool:
-    """True in a process torchrun started (it must never launch torchrun again)."""
-    return "WORLD_SIZE" in os.environ
+SINGLE = World()  # one process, not under torchrun: every collective below is a no-op
 
 
 def local_batch(batch_size: int, world: World) -> int:
@@ -113,9 +113,12 @@ class RankBatches(Sampler[list[int]]):
         return full + (1 if rest >= self.world.size else 0)
 
 
-def init_process_group(world: World, device: torch.device) -> None:
-    """Join the group torchrun set up (NCCL on CUDA, gloo on CPU); a group that cannot form says why."""
+@contextmanager
+def process_group(world: World, device: torch.device) -> Iterator[None]:
+    """The group torchrun set up (NCCL on CUDA, gloo on CPU), joined for the block and left after it,
+    also on failure; a group that cannot form says why."""
     if not world.distributed or dist.is_initialized():
+        yield
         return
     backend = "nccl" if device.type == "cuda" else "gloo"
     try:
@@ -127,10 +130,9 @@ def init_process_group(world: World, device: torch.device) -> None:
             "check that every node runs the same torchrun command with the same --rdzv-endpoint, and that "
             "the port is reachable"
         ) from None
-
-
-def destroy_process_group() -> None:
-    if dist.is_initialized():
+    try:
+        yield
+    finally:
         dist.destroy_process_group()
 
 
@@ -152,11 +154,6 @@ def any_rank(flag: bool, world: World, device: torch.device) -> bool:
     return bool(value.item())
 
 
-def barrier(world: World) -> None:
-    if world.distributed:
-        dist.barrier()
-
-
 def broadcast(value: object, world: World) -> object:
     """Rank 0's ``value`` on every rank (small Python objects: a path, a flag, an error message)."""
     if not world.distributed:
@@ -164,3 +161,9 @@ def broadcast(value: object, world: World) -> object:
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
+
+
+def main_decides(decision: bool | None, world: World) -> bool:
+    """The rank-0 hand-off: rank 0 passes its decision (whether to train at all), the other ranks
+    pass None and wait for it; every rank returns rank 0's decision."""
+    return bool(broadcast(decision, world))

@@ -6,6 +6,7 @@ An atomic write goes to a temp file in the target's folder and is renamed over i
 
 from __future__ import annotations
 
+import csv
 import fcntl
 import json
 import os
@@ -14,7 +15,7 @@ import socket
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,8 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+
+from nectargan_core.metric_names import LOSS_D, LOSS_G, LR_D, LR_G
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"})
 SPLITS = ("train", "val", "test")
@@ -179,6 +182,29 @@ def read_image(path: Path) -> Image.Image:
     return loaded
 
 
+# ---------------------------------------------------------------- the epoch table
+
+
+def read_epochs(epochs_csv: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """Header and rows of the epoch table, sorted by epoch; torn rows of a killed run are skipped."""
+    epochs_csv = Path(epochs_csv)
+    if not epochs_csv.is_file():
+        raise FileNotFoundError(
+            f"epoch table {epochs_csv} does not exist: pass the run's epochs.csv (train.output_dir/epochs.csv)"
+        )
+    with epochs_csv.open(newline="") as handle:
+        reader = csv.DictReader(handle)
+        header = list(reader.fieldnames or [])
+        rows = [row for row in reader if None not in row and None not in row.values() and row["epoch"].isdigit()]
+    if not rows:
+        raise ValueError(f"{epochs_csv} has no epoch rows: nothing to plot until at least one epoch has finished")
+    missing = [c for c in ("epoch", LR_G.column, LR_D.column, LOSS_D.column, LOSS_G.column) if c not in header]
+    if missing:
+        raise ValueError(f"{epochs_csv} lacks column(s) {missing}: is it a NectarGAN epochs.csv?")
+    rows.sort(key=lambda row: int(row["epoch"]))
+    return header, rows
+
+
 # ---------------------------------------------------------------- example strips
 
 
@@ -193,6 +219,31 @@ def to_uint8_rgb(image: torch.Tensor) -> np.ndarray:
 def compose_strip(x: torch.Tensor, generated: torch.Tensor, y: torch.Tensor) -> np.ndarray:
     """One sample as input | generated | target, side by side."""
     return np.concatenate([to_uint8_rgb(x), to_uint8_rgb(generated), to_uint8_rgb(y)], axis=1)
+
+
+def image_grid(
+    cells: Sequence[Sequence[Image.Image | None]],
+    cell: tuple[int, int],
+    origin: tuple[int, int] = (0, 0),
+    background: str | tuple[int, int, int] = "white",
+    blank: tuple[int, int, int] | None = None,
+    resample: Image.Resampling = Image.Resampling.BICUBIC,
+) -> Image.Image:
+    """Cells row by row on one RGB canvas, each resized to ``cell`` when it differs. ``origin`` (left,
+    top) leaves room for the caller's labels; a None cell shows ``blank`` (the background if None)."""
+    width, height = cell
+    left, top = origin
+    columns = max((len(row) for row in cells), default=0)
+    canvas = Image.new("RGB", (left + columns * width, top + len(cells) * height), background)
+    for r, row in enumerate(cells):
+        for c, image in enumerate(row):
+            x, y = left + c * width, top + r * height
+            if image is None:
+                if blank is not None:
+                    canvas.paste(blank, (x, y, x + width, y + height))
+            else:
+                canvas.paste(image if image.size == cell else image.resize(cell, resample), (x, y))
+    return canvas
 
 
 def split_strip(path: Path) -> tuple[Image.Image, Image.Image, Image.Image]:

@@ -53,6 +53,16 @@ def strip_key(name: str) -> tuple[int, int] | None:
     return (int(match[1]), int(match[2])) if match else None
 
 
+def find_strips(examples_dir: Path) -> dict[tuple[int, int], Path]:
+    """Every example strip in ``examples_dir``, keyed by ``(epoch, sample)``; other files are ignored."""
+    if not examples_dir.is_dir():
+        raise FileNotFoundError(
+            f"examples folder {examples_dir} does not exist: pass the run's examples/ folder "
+            "(train.output_dir/examples), or train at least one epoch first"
+        )
+    return {key: path for path in examples_dir.iterdir() if (key := strip_key(path.name)) and path.is_file()}
+
+
 @dataclass(frozen=True)
 class RunPaths:
     """The files of one training run under ``root`` (``train.output_dir``)."""

@@ -284,6 +284,11 @@ class GeneratorSettings(Strict):
     dropout: float = Field(0.5, ge=0.0, lt=1.0, description="Dropout rate in the deepest up blocks, training only.")
     dropout_blocks: int = Field(3, ge=0, description="How many of the deepest up blocks use dropout.")
 
+    @property
+    def side_multiple(self) -> int:
+        """Every input side must be a multiple of this: each of n_downs + 2 layers halves it."""
+        return 2 ** (self.n_downs + 2)
+
 
 class DiscriminatorSettings(Strict):
     features: int = Field(64, ge=1, description="Channels of the first layer.")
@@ -503,17 +508,9 @@ class TrackingSettings(Strict):
         "final",
         description="Checkpoints in MLflow: final = the registered model and, beside it, the final full state "
         "(what continue_from needs); none = the same, and nothing for a run that ends without a model; all = "
-        "also every snapshot. Old values: true = all, false = final.",
+        "also every snapshot.",
     )
     system_metrics: bool = Field(True, description="Record CPU/GPU/memory use as MLflow system metrics.")
-
-    @field_validator("log_checkpoints", mode="before")
-    @classmethod
-    def _legacy_bool(cls, value: object) -> object:
-        """Before it was a choice it was a flag: true stored every checkpoint, false none beyond the model."""
-        if isinstance(value, bool):
-            return "all" if value else "final"
-        return value
 
     @field_validator("uri")
     @classmethod
@@ -587,7 +584,7 @@ def _cross_field_problems(settings: Settings) -> list[str]:
             f"data.loader 'device' cuts crops and flips only; {', '.join(cpu_only)} run in CPU workers: set "
             "data.loader: workers (or auto), or turn those augmentations off"
         )
-    multiple = 2 ** (gen.n_downs + 2)
+    multiple = gen.side_multiple
     if data.crop_size % multiple:
         problems.append(
             f"data.crop_size ({data.crop_size}) must be a multiple of {multiple} for "

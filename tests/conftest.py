@@ -1,10 +1,25 @@
+import json
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from nectargan_core.data.sample import generate_sample_dataset
 from nectargan_core.settings import SampleDataSettings
+
+from .helpers import tiny_settings
+
+
+@pytest.fixture(scope="session", autouse=True)
+def away_from_the_checkout(tmp_path_factory) -> Iterator[Path]:
+    """Every test starts in an empty folder with no team tracking server named: relative paths of the
+    settings (outputs/, .cache/decoded, mlflow.db) never reach what a `make run` left in the checkout."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = tmp_path_factory.mktemp("cwd")
+        patch.chdir(folder)
+        patch.delenv("NECTARGAN_TRACKING_URI", raising=False)
+        yield folder
 
 
 @pytest.fixture(scope="session")
@@ -13,6 +28,26 @@ def sample_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("sample")
     generate_sample_dataset(SampleDataSettings(out=root, size=64, train=6, val=2, test=2, seed=0))
     return root
+
+
+@pytest.fixture(scope="session")
+def finished_project(sample_root, tmp_path_factory) -> Path:
+    """A project folder as `nectargan train` leaves it: its own dataset copy (data/), params.yaml with
+    relative paths, a finished one-epoch run in outputs/train registered in the embedded MLflow store.
+
+    Trained once per session; read it only. A test that changes it works on a copy
+    (``shutil.copytree(finished_project, tmp_path / "p", symlinks=True)``): copying beats training.
+    """
+    from nectargan_core.cli import main
+
+    base = tmp_path_factory.mktemp("finished-project")
+    shutil.copytree(sample_root, base / "data")
+    settings = tiny_settings(Path("data"), Path("outputs/train"), **{"generator.epochs": 1})
+    (base / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(base)
+        assert main(["train"]) == 0
+    return base
 
 
 # The team stack (team/compose.yaml) on loopback, started once per session by the tests that need it.

@@ -1,10 +1,15 @@
-"""Test settings: the project's own params.yaml with a few overrides, small enough for CPU tests
-(32 px crops, 8-feature networks, 3 steps per epoch on the 6-image train split of ``sample_root``)."""
+"""What several test modules share (test modules never import each other).
 
+Test settings: the project's own params.yaml with a few overrides, small enough for CPU tests
+(32 px crops, 8-feature networks, 3 steps per epoch on the 6-image train split of ``sample_root``);
+readers of a run folder's epoch table; a callback that cuts a run after a checkpoint."""
+
+import csv
 from pathlib import Path
 from typing import Any
 
 from nectargan_core.settings import Settings, load_settings, with_changes
+from nectargan_core.training.callbacks import TrainingCallback
 
 PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
 
@@ -39,3 +44,28 @@ def tiny_settings(root: Path, output_dir: Path | None = None, **train: object) -
     if output_dir is not None:
         changes["train.output_dir"] = str(output_dir)
     return project_settings(changes | {f"train.{key}": value for key, value in train.items()})
+
+
+LOSS_COLUMNS = ("loss_d", "loss_g", "gan", "l1", "sobel")
+
+
+def epoch_rows(out: Path) -> list[dict[str, str]]:
+    """The rows of a run folder's epochs.csv, as the CSV holds them (strings)."""
+    with (out / "epochs.csv").open() as handle:
+        return list(csv.DictReader(handle))
+
+
+def losses(rows: list[dict[str, str]]) -> list[dict[str, str]]:
+    """The loss columns of ``epoch_rows``: equal exactly when two runs trained bit for bit alike."""
+    return [{k: row[k] for k in LOSS_COLUMNS} for row in rows]
+
+
+class StopAfter(TrainingCallback):
+    """Ctrl+C right after epoch ``epoch``'s checkpoint: a run cut where a continue must pick it up."""
+
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_checkpoint(self, epoch: int, latest: Path, snapshot: Path | None) -> None:
+        if epoch == self.epoch:
+            raise KeyboardInterrupt

@@ -2,7 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from nectargan_core.cli import main
+from nectargan_core.cli import FAMILIES, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -32,9 +32,7 @@ def test_sample_data_command(tmp_path, capsys):
 def test_console_script_prints_model_sizes():
     result = subprocess.run(
         [
-            sys.executable,
-            "-m",
-            "nectargan_core.cli",
+            str(Path(sys.executable).parent / "nectargan"),  # the installed console script
             "models",
             "-s",
             "model.generator.features=64",
@@ -53,3 +51,27 @@ def test_console_script_prints_model_sizes():
         check=True,
     )
     assert "54,404,675" in result.stdout and "2,766,913" in result.stdout
+
+
+def _commands(parser) -> list[str]:
+    (sub,) = (action for action in parser._actions if action.dest == "command")
+    return list(sub.choices)
+
+
+def test_each_family_module_adds_exactly_its_commands_and_help_lists_all():
+    for commands in FAMILIES.values():
+        assert _commands(build_parser(commands[0])) == list(commands)
+    everything = build_parser()
+    assert _commands(everything) == [c for commands in FAMILIES.values() for c in commands]
+    shown = everything.format_help()
+    assert "stage train: train (or continue)" in shown and "leaderboard of MLflow runs" in shown
+
+
+def test_a_command_loads_only_its_own_family_of_the_cli():
+    """So a DVC stage depends on one file of the CLI: `nectargan compare`'s help text does not retrain."""
+    probe = "import sys; from nectargan_core.cli import build_parser; build_parser('train'); print(*sys.modules)"
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    ours = {m for m in loaded if m.startswith("nectargan_core.")}
+    assert "nectargan_core.cli.pipeline" in ours
+    assert not ours & {f"nectargan_core.cli.{family}" for family in FAMILIES if family != "pipeline"}
+    assert not any(m.startswith(("nectargan_core.tracking", "nectargan_core.reports")) for m in ours), ours

@@ -34,8 +34,6 @@ import nectargan_core.training.records as records
 from nectargan_core.cli import main
 from nectargan_core.files import held_lock
 
-from .helpers import tiny_settings
-
 TRAIN = "outputs/train"
 
 
@@ -356,22 +354,6 @@ CASES: dict[str, Case] = {
 # ----------------------------------------------------------------------------- the check
 
 
-@pytest.fixture(scope="module")
-def trained(sample_root, tmp_path_factory) -> Path:
-    """A project with its own dataset copy and a trained, registered one-epoch run."""
-    base = tmp_path_factory.mktemp("corpus")
-    shutil.copytree(sample_root, base / "data")
-    settings = tiny_settings(Path("data"), Path(TRAIN), **{"generator.epochs": 1})
-    (base / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
-    cwd = Path.cwd()
-    os.chdir(base)
-    try:
-        assert main(["train"]) == 0
-    finally:
-        os.chdir(cwd)
-    return base
-
-
 def _fingerprint(project: Path, kept: tuple[str, ...]) -> dict[str, str]:
     """Every file under ``kept`` with its hash, and the MLflow runs and registered versions."""
     files = {
@@ -387,10 +369,10 @@ def _fingerprint(project: Path, kept: tuple[str, ...]) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_the_corpus(name, trained, tmp_path, monkeypatch, capsys):
+def test_the_corpus(name, finished_project, tmp_path, monkeypatch, capsys):
     case = CASES[name]
     project = tmp_path / "p"
-    shutil.copytree(trained, project, symlinks=True)
+    shutil.copytree(finished_project, project, symlinks=True)
     monkeypatch.chdir(project)
     if case.setup is not None:
         case.setup(project)

@@ -184,9 +184,10 @@ def test_a_report_artifact_shows_its_images_in_the_prefect_ui(prefect_env, tmp_p
     assert (tmp_path / "ui.png").stat().st_size > 0
 
 
-def test_prefect_yaml_declares_the_deployments_serve_serves():
+def test_prefect_yaml_declares_the_deployments_serve_serves(monkeypatch):
     """The work-pool path (prefect.yaml) and the one-machine path (flows/serve.py) offer the same deployments;
     only flows/serve.py freezes params.yaml into them and limits each to one run (its machine's GPU)."""
+    monkeypatch.chdir(ROOT)  # Prefect writes entrypoints relative to the folder `python flows/serve.py` runs in
     declared = {d["name"]: d for d in yaml.safe_load((ROOT / "prefect.yaml").read_text())["deployments"]}
     served = {d.name: d for d in deployments(ROOT / "params.yaml")}
     assert declared.keys() == served.keys() == {"train", "nightly-continue", "sweep"}

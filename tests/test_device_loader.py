@@ -14,8 +14,7 @@ from nectargan_core.data.transforms import _resize, _to_signed, _to_unit_float
 from nectargan_core.settings import SettingsError, with_changes
 from nectargan_core.training.trainer import train
 
-from .helpers import tiny_settings
-from .test_training import StopAfter, epoch_rows, losses
+from .helpers import StopAfter, epoch_rows, losses, tiny_settings
 
 CPU = torch.device("cpu")
 

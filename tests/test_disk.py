@@ -7,7 +7,8 @@ from nectargan_core.reports.disk import DiskRow, disk_report, dvc_remote_folders
 from .helpers import project_settings
 
 
-def test_hard_links_count_once_in_the_total(tmp_path):
+def test_hard_links_count_once_in_the_total(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the project folder, as for `nectargan disk`: relative settings resolve here
     run = tmp_path / "outputs" / "train"
     (run / "checkpoints").mkdir(parents=True)
     (run / "checkpoints" / "latest.pt").write_bytes(b"x" * 1000)

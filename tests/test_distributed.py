@@ -22,8 +22,7 @@ from nectargan_core.settings import SettingsError, with_changes
 from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
 
-from .helpers import tiny_settings
-from .test_training import epoch_rows, losses
+from .helpers import epoch_rows, losses, tiny_settings
 
 BIN = Path(sys.executable).parent
 # Per-epoch mean losses of 2 x 2 against 1 x 4: float sums in another order, nothing more.

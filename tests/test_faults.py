@@ -15,7 +15,7 @@ from nectargan_core.cli import main
 from nectargan_core.data.validate import passed_before
 from nectargan_core.errors import describe_failure
 from nectargan_core.files import held_lock
-from nectargan_core.settings import SettingsError, with_changes
+from nectargan_core.settings import SettingsError, anchored, load_settings, with_changes
 from nectargan_core.stages import DatasetInvalid, TrainingDiverged, train_stage, validate_stage
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import TrainingCallback
@@ -26,18 +26,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def project(sample_root, tmp_path_factory):
-    """A project folder with a trained tiny run and its params file."""
-    base = tmp_path_factory.mktemp("faults")
-    settings = tiny_settings(sample_root, base / "outputs" / "train")
+def project(finished_project, tmp_path_factory):
+    """A copy of the finished project (these tests add files to it) and a params file with absolute paths."""
+    base = tmp_path_factory.mktemp("faults") / "project"
+    shutil.copytree(finished_project, base, symlinks=True)
     params = base / "params.yaml"
-    params.write_text(json.dumps(settings.model_dump(mode="json")))
-    cwd = Path.cwd()
-    os.chdir(base)
-    try:
-        assert main(["train", "--params", str(params), "-s", "train.generator.epochs=1"]) == 0
-    finally:
-        os.chdir(cwd)
+    params.write_text(json.dumps(anchored(load_settings(params), base).model_dump(mode="json")))
     return base, params
 
 

@@ -18,8 +18,7 @@ from nectargan_core.checkpoint import CheckpointError
 from nectargan_core.settings import with_changes
 from nectargan_core.tracking.registry import RegistryError
 
-from .helpers import tiny_settings
-from .test_training import epoch_rows
+from .helpers import epoch_rows, tiny_settings
 
 pytestmark = pytest.mark.slow  # starts a Prefect server
 

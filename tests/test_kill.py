@@ -15,8 +15,7 @@ from nectargan_core.settings import with_changes
 from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
 
-from .helpers import tiny_settings
-from .test_training import epoch_rows, losses
+from .helpers import epoch_rows, losses, tiny_settings
 
 pytestmark = pytest.mark.slow  # a training process per kill point
 

@@ -22,7 +22,6 @@ from nectargan_core.layout import (
     strip_name,
 )
 from nectargan_core.settings import flatten_dotted, load_settings
-from nectargan_core.training.trainer import train
 
 from .helpers import tiny_settings
 
@@ -76,13 +75,11 @@ def test_stage_commands_take_their_paths_from_the_settings():
 
 
 @pytest.fixture(scope="module")
-def moved_run(sample_root, tmp_path_factory):
-    """A trained run, moved from where it was trained to another folder."""
+def moved_run(sample_root, finished_project, tmp_path_factory):
+    """A trained run in another folder than the one params.yaml names."""
     base = tmp_path_factory.mktemp("layout")
-    train(tiny_settings(sample_root, base / "outputs" / "train"))
     moved = base / "elsewhere" / "run"
-    moved.parent.mkdir()
-    shutil.move(base / "outputs" / "train", moved)
+    shutil.copytree(finished_project / "outputs" / "train", moved, symlinks=True)
     params = base / "params.yaml"
     params.write_text(json.dumps(tiny_settings(sample_root).model_dump(mode="json")))
     return base, params, moved

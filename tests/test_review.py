@@ -1,6 +1,7 @@
 import pytest
 from PIL import Image
 
+from nectargan_core.files import read_epochs
 from nectargan_core.layout import strip_name
 from nectargan_core.reports.review import (
     BLANK,
@@ -120,10 +121,10 @@ def test_loss_graphs_write_three_readable_pngs(tmp_path):
 
 def test_plotted_terms_are_those_that_ran(tmp_path):
     only = write_epochs(tmp_path / "a.csv", {e: {"gan": 1.0, "l1": 0.2} for e in range(1, 4)})
-    assert plotted_terms(only) == ["gan", "l1"]
+    assert plotted_terms(*read_epochs(only)) == ["gan", "l1"]
     active = {1: {"gan": 1.0, "l1": 0.2}, 2: {"gan": 1.0, "l1": 0.2, "sobel": 0.5}, 3: {"gan": 1.0, "l1": 0.2}}
     once = write_epochs(tmp_path / "b.csv", active)
-    assert plotted_terms(once) == ["gan", "l1", "sobel"]
+    assert plotted_terms(*read_epochs(once)) == ["gan", "l1", "sobel"]
     assert len(loss_graphs(once, tmp_path / "graphs")) == 3  # a single-epoch term still plots
 
 
@@ -131,7 +132,7 @@ def test_torn_last_row_is_skipped(tmp_path):
     csv_path = write_epochs(tmp_path / "epochs.csv", {1: {"gan": 1.0}, 2: {"gan": 1.0}})
     with csv_path.open("a") as handle:
         handle.write("3,1.0,10.0,0.0002")  # a run killed mid-write
-    assert plotted_terms(csv_path) == ["gan"]
+    assert plotted_terms(*read_epochs(csv_path)) == ["gan"]
     assert len(loss_graphs(csv_path, tmp_path / "graphs")) == 3
 
 

@@ -8,8 +8,7 @@ from nectargan_core.stages import evaluate_stage, train_stage
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.selection import Selection
 
-from .helpers import tiny_settings
-from .test_training import epoch_rows
+from .helpers import epoch_rows, tiny_settings
 
 
 def test_the_best_and_the_smoothed_best():

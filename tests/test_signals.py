@@ -21,10 +21,15 @@ from .helpers import tiny_settings
 pytestmark = pytest.mark.slow  # real processes, each trains for a few seconds
 
 BIN = Path(sys.executable).parent
+# Epochs of a run that is stopped and then continued: SIGTERM goes straight to the trainer, so 7 epochs
+# after the first checkpoint leave room; the stop through dvc (a launcher that dies) keeps the default.
+CONTINUED = 8
 
 
 def _project(sample_root: Path, tmp_path: Path, epochs: int = 20) -> Path:
-    """A project folder whose params.yaml trains long enough to be interrupted."""
+    """A project folder whose params.yaml trains long enough to be interrupted after the first checkpoint.
+
+    A test that continues the run asks for fewer epochs (CONTINUED): the continue trains all the rest."""
     settings = tiny_settings(sample_root, **{"generator.epochs": epochs})
     (tmp_path / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
     return tmp_path
@@ -64,7 +69,7 @@ def _continue(project: Path) -> None:
 
 
 def test_sigterm_to_nectargan_train_stops_at_a_step_and_the_continue_reopens_the_run(sample_root, tmp_path):
-    project = _project(sample_root, tmp_path)
+    project = _project(sample_root, tmp_path, CONTINUED)
     train = subprocess.Popen(["nectargan", "train"], cwd=project, env=_env(project), stderr=subprocess.PIPE, text=True)
     _wait_for_epoch(project, train)
     train.send_signal(signal.SIGTERM)
@@ -100,11 +105,11 @@ def test_sigterm_to_dvc_repro_stops_its_train_stage(sample_root, tmp_path, shell
 
 
 def test_sigterm_to_the_flow_stops_the_temporary_prefect_server(sample_root, tmp_path):
-    project = _project(sample_root, tmp_path)
+    project = _project(sample_root, tmp_path, CONTINUED)
     env = {key: value for key, value in _env(project).items() if key != "PREFECT_API_URL"}
     flow = subprocess.Popen(
         [sys.executable, "-m", "flows", "--project-dir", str(project)],
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=project,  # not the checkout: what a `make run` left there must not matter
         env=env,
         stderr=subprocess.PIPE,
         text=True,

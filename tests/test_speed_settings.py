@@ -13,8 +13,7 @@ from nectargan_core.settings import with_changes
 from nectargan_core.training.step import GANStep
 from nectargan_core.training.trainer import train
 
-from .helpers import tiny_settings
-from .test_training import epoch_rows, losses
+from .helpers import epoch_rows, losses, tiny_settings
 
 
 @pytest.mark.slow  # inductor compiles G and D (C++ on CPU): tens of seconds

@@ -9,7 +9,8 @@ from mlflow import MlflowClient
 
 from nectargan_core.cli import main
 from nectargan_core.settings import SettingsError
-from nectargan_core.sweep import PARENT_TAG, grid, named_weightings, split_top_level
+from nectargan_core.studies.grid import grid, named_weightings, split_top_level
+from nectargan_core.tracking.studies import PARENT_TAG
 
 from .helpers import tiny_settings
 

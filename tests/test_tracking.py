@@ -21,8 +21,7 @@ from nectargan_core.stages import evaluate_stage, examples_stage, train_stage
 from nectargan_core.tracking.registry import RegistryError, download_checkpoint, input_example, model_metadata
 from nectargan_core.tracking.tracker import Tracker, TrackingUnavailable, settings_params
 
-from .helpers import tiny_settings
-from .test_training import epoch_rows
+from .helpers import epoch_rows, tiny_settings
 
 BIN = Path(sys.executable).parent
 

@@ -15,18 +15,7 @@ from nectargan_core.training.records import LossLog
 from nectargan_core.training.step import Losses
 from nectargan_core.training.trainer import NonFiniteLossError, train
 
-from .helpers import tiny_settings
-
-LOSS_COLUMNS = ("loss_d", "loss_g", "gan", "l1", "sobel")
-
-
-def epoch_rows(out):
-    with (out / "epochs.csv").open() as handle:
-        return list(csv.DictReader(handle))
-
-
-def losses(rows):
-    return [{k: row[k] for k in LOSS_COLUMNS} for row in rows]
+from .helpers import StopAfter, epoch_rows, losses, tiny_settings
 
 
 def test_training_writes_every_output(sample_root, tmp_path):
@@ -74,15 +63,6 @@ def test_continue_equals_uninterrupted(sample_root, tmp_path):
     b = load_checkpoint(tmp_path / "split" / "checkpoints" / "latest.pt")
     assert a["epoch"] == b["epoch"] == 4
     assert all(torch.equal(a["generator"][k], b["generator"][k]) for k in a["generator"])
-
-
-class StopAfter(TrainingCallback):
-    def __init__(self, epoch):
-        self.epoch = epoch
-
-    def on_checkpoint(self, epoch, latest, snapshot):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt
 
 
 def test_interrupted_run_continues_exactly_with_the_lr_decay(sample_root, tmp_path):
@@ -433,19 +413,3 @@ def test_temp_files_of_a_killed_run_are_removed_at_the_next_start(sample_root, t
         path.write_bytes(b"half a file")
     train(tiny_settings(sample_root, out, continue_train=True))
     assert not any(p.exists() for p in left) and not list(out.rglob(".*.tmp"))
-
-
-def test_an_old_layout_run_folder_still_continues(sample_root, tmp_path):
-    """Runs from before latest.pt kept full states as checkpoints/epoch_NNNN.pt (format 1)."""
-    new = tmp_path / "new"
-    train(tiny_settings(sample_root, new))
-    old = tmp_path / "old" / "checkpoints"
-    old.mkdir(parents=True)
-    state = torch.load(new / "checkpoints" / "latest.pt", weights_only=True)
-    torch.save({**{k: v for k, v in state.items() if k != "contents"}, "format_version": 1}, old / "epoch_0002.pt")
-    result = train(
-        tiny_settings(
-            sample_root, tmp_path / "child", continue_train=True, continue_from=str(old), **{"generator.epochs": 3}
-        )
-    )
-    assert result.start_epoch == 3

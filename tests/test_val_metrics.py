@@ -1,6 +1,5 @@
 """Per-epoch validation: the val metrics that compare across loss weightings, in the epoch table and MLflow."""
 
-import csv
 import math
 
 import torch
@@ -8,11 +7,9 @@ import torch
 from nectargan_core.settings import with_changes
 from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
-from nectargan_core.training.records import EPOCH_COLUMNS, append_epoch_row
 from nectargan_core.training.trainer import train
 
-from .helpers import tiny_settings
-from .test_training import epoch_rows, losses
+from .helpers import epoch_rows, losses, tiny_settings
 
 
 def test_validation_is_recorded_when_due_and_changes_nothing_of_training(sample_root, tmp_path):
@@ -40,19 +37,6 @@ def test_val_metrics_reach_mlflow_per_epoch(sample_root, tmp_path):
     result = train_stage(settings, tracker, tmp_path)
     for key in ("val/l1", "val/psnr", "val/ssim"):
         assert [m.step for m in tracker.client.get_metric_history(result.run_id, key)] == [1, 2], key
-
-
-def test_an_epoch_table_from_before_validation_gets_the_new_columns(tmp_path):
-    table = tmp_path / "epochs.csv"
-    old = [c for c in EPOCH_COLUMNS if not c.startswith("val_")]
-    with table.open("w", newline="") as handle:
-        csv.writer(handle).writerows([old, ["1", *["0.5"] * (len(old) - 1)]])
-    append_epoch_row(table, {"epoch": 2, "loss_g": 1.0, "val_psnr": 20.0})
-    with table.open(newline="") as handle:
-        rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == list(EPOCH_COLUMNS)
-    assert (rows[0]["epoch"], rows[0]["loss_g"], rows[0]["val_psnr"]) == ("1", "0.5", "")
-    assert (rows[1]["epoch"], rows[1]["val_psnr"]) == ("2", "20.0")
 
 
 def test_lpips_joins_the_validation_when_its_weights_are_local(sample_root, tmp_path):

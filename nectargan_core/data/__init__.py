@@ -1,1 +1,1 @@
-"""Paired image data: the dataset and its transforms and augmentations, validation, the sample data, dataset utilities."""
+"""Paired image data: the dataset, its transforms and augmentations, validation, sample data, dataset utilities."""

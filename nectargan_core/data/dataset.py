@@ -83,3 +83,13 @@ class PairedImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.transform(*load_pair(self.pairs[index], self.data))
+
+
+def first_val_pairs(data: DataSettings, count: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first ``count`` val pairs (all when None) as stacked (inputs, targets), through the eval
+    transform (no random crop or flip): the same pixels for every epoch, run and export."""
+    from nectargan_core.data import transforms
+
+    val = PairedImageDataset(data, "val", transforms.PairTransform(data, train=False))
+    pairs = [val[i] for i in range(len(val) if count is None else min(count, len(val)))]
+    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

@@ -45,5 +45,3 @@ def train_loader(
         # threads of whatever hosts training (Prefect, MLflow's system metrics) and can hang or die.
         multiprocessing_context=_worker_context() if settings.data.num_workers > 0 else None,
     )
-
-

@@ -18,7 +18,15 @@ import pandera.pandas as pa
 from PIL import Image
 
 from nectargan_core.data.dataset import split_layout
-from nectargan_core.files import HIGH_DEPTH_MODES, image_mode, REQUIRED_SPLITS, SPLITS, atomic_path, list_images, write_json_atomic
+from nectargan_core.files import (
+    HIGH_DEPTH_MODES,
+    REQUIRED_SPLITS,
+    SPLITS,
+    atomic_path,
+    image_mode,
+    list_images,
+    write_json_atomic,
+)
 from nectargan_core.layout import ValidationPaths
 from nectargan_core.settings import DataSettings
 
@@ -220,7 +228,9 @@ def layout_problems(data: DataSettings) -> list[dict[str, str]]:
             if path.name not in a_names:
                 problem(path, split, "partner_exists", "no file of the same name in A/: add it or remove the B file")
         for path in list_images(split_dir):
-            problem(path, split, "one_layout", "an image beside the A/ and B/ folders: split it into A/ and B/ or remove it")
+            problem(
+                path, split, "one_layout", "an image beside the A/ and B/ folders: split it into A/ and B/ or remove it"
+            )
     return problems
 
 

@@ -56,7 +56,7 @@ def evaluate_checkpoint(
     device = resolve_device(settings.train)
     trained = load_generator(checkpoint, device)
     generator, epoch = trained.generator, trained.epoch
-    data = trained.data(settings.data)
+    data = trained.info.data(settings.data)
     split = evaluation_split(settings)
     dataset = PairedImageDataset(data, split, PairTransform(data, train=False))
 

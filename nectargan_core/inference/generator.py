@@ -8,9 +8,9 @@ from pathlib import Path
 import torch
 
 from nectargan_core.checkpoint import load_checkpoint
-from nectargan_core.models import build_generator
+from nectargan_core.models import ModelInfo, build_generator
 from nectargan_core.models.generator import UNetGenerator
-from nectargan_core.settings import DataSettings, Settings
+from nectargan_core.settings import Settings
 
 
 @dataclass(frozen=True)
@@ -22,15 +22,8 @@ class TrainedGenerator:
     epoch: int
 
     @property
-    def side_multiple(self) -> int:
-        """Every input side must be a multiple of this: 2^(n_downs + 2)."""
-        return 2 ** (self.settings.model.generator.n_downs + 2)
-
-    def data(self, data: DataSettings) -> DataSettings:
-        """``data`` with the channels and crop the generator was trained on (the rest as configured)."""
-        trained = self.settings.data
-        kept = {key: getattr(trained, key) for key in ("input_channels", "output_channels", "crop_size")}
-        return DataSettings.model_validate({**data.model_dump(), **kept})
+    def info(self) -> ModelInfo:
+        return ModelInfo.of(self.settings)
 
 
 def load_generator(path: Path, device: torch.device) -> TrainedGenerator:

@@ -16,8 +16,7 @@ import onnxruntime as ort
 import torch
 from torch.export import Dim
 
-from nectargan_core.data.dataset import PairedImageDataset
-from nectargan_core.data.transforms import PairTransform
+from nectargan_core.data.dataset import first_val_pairs
 from nectargan_core.files import write_atomic, write_json_atomic
 from nectargan_core.inference.generator import TrainedGenerator, load_generator
 from nectargan_core.layout import parity_path
@@ -57,17 +56,10 @@ def onnx_metadata(path: Path) -> dict[str, int]:
 def export_onnx(checkpoint: Path, out_path: Path, opset: int = 18) -> tuple[Path, TrainedGenerator]:
     """Export the checkpoint's generator (eval mode) with dynamic batch, height and width."""
     trained = load_generator(checkpoint, torch.device("cpu"))
-    data = trained.settings.data
-    size = data.crop_size
-    example = torch.zeros(1, data.input_channels, size, size)
+    info = trained.info
+    example = torch.zeros(1, info.input_channels, info.crop_size, info.crop_size)
     dynamic = {0: Dim.DYNAMIC, 2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
-    meta = {
-        "input_channels": data.input_channels,
-        "output_channels": data.output_channels,
-        "crop_size": size,
-        "side_multiple": trained.side_multiple,
-        "epoch": trained.epoch,
-    }
+    meta = info.metadata(trained.epoch)
 
     def write(tmp: Path) -> None:  # a new file renamed into place: never written through a DVC cache link
         torch.onnx.export(
@@ -95,16 +87,15 @@ def parity_check(
     """Max |onnxruntime - torch| on random inputs (other batch and sizes) and on real validation images."""
     trained = load_generator(checkpoint, torch.device("cpu"))
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    trained_data, multiple = trained.settings.data, trained.side_multiple
-    size, channels = trained_data.crop_size, trained_data.input_channels
+    info = trained.info
+    size, channels, multiple = info.crop_size, info.input_channels, info.side_multiple
     torch.manual_seed(0)
     cases = {
         f"random 1x{size}x{size}": torch.rand(1, channels, size, size) * 2 - 1,
         f"random 3x{size + multiple}x{2 * size}": torch.rand(3, channels, size + multiple, 2 * size) * 2 - 1,
     }
-    data = trained.data(settings.data)
-    val = PairedImageDataset(data, "val", PairTransform(data, train=False))
-    cases[f"validation x{min(4, len(val))}"] = torch.stack([val[i][0] for i in range(min(4, len(val)))])
+    val_inputs, _ = first_val_pairs(trained.info.data(settings.data), 4)
+    cases[f"validation x{len(val_inputs)}"] = val_inputs
     result = {}
     with torch.no_grad():
         for name, batch in cases.items():

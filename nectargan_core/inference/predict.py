@@ -9,7 +9,6 @@ Two ways to meet the generator's size rules (documented in the README):
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,16 +21,9 @@ from tqdm import tqdm
 from nectargan_core.files import IMAGE_SUFFIXES, list_images, read_image, save_image_atomic, to_uint8_rgb
 from nectargan_core.inference.generator import load_generator
 from nectargan_core.inference.onnx import onnx_metadata
+from nectargan_core.models import ModelInfo
 
 Runner = Callable[[torch.Tensor], torch.Tensor]  # 1 x C x H x W in [-1, 1] -> 1 x C' x H x W
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    input_channels: int
-    output_channels: int
-    crop_size: int
-    side_multiple: int
 
 
 def _from_checkpoint(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:
@@ -41,8 +33,7 @@ def _from_checkpoint(path: Path, device: torch.device) -> tuple[Runner, ModelInf
     def run(x: torch.Tensor) -> torch.Tensor:
         return trained.generator(x.to(device)).float().cpu()
 
-    data = trained.settings.data
-    return run, ModelInfo(data.input_channels, data.output_channels, data.crop_size, trained.side_multiple)
+    return run, trained.info
 
 
 def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
@@ -54,8 +45,7 @@ def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
 
-    info = ModelInfo(meta["input_channels"], meta["output_channels"], meta["crop_size"], meta["side_multiple"])
-    return run, info
+    return run, ModelInfo.from_metadata(meta)
 
 
 def pyfunc_runner(model: Any, info: dict[str, int]) -> tuple[Runner, ModelInfo]:
@@ -64,7 +54,7 @@ def pyfunc_runner(model: Any, info: dict[str, int]) -> tuple[Runner, ModelInfo]:
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(model.predict(x.numpy()))
 
-    return run, ModelInfo(info["input_channels"], info["output_channels"], info["crop_size"], info["side_multiple"])
+    return run, ModelInfo.from_metadata(info)
 
 
 def load_runner(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:

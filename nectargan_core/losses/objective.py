@@ -10,6 +10,7 @@ from torch import nn
 from nectargan_core.losses.gan import generator_adversarial_loss
 from nectargan_core.losses.perceptual import VGGPerceptualLoss
 from nectargan_core.losses.pixel import l1_loss, l2_loss, laplacian_loss, sobel_loss
+from nectargan_core.losses.weights import weighted
 from nectargan_core.settings import LossSettings
 
 _PIXEL_TERMS = {"l1": l1_loss, "l2": l2_loss, "sobel": sobel_loss, "laplacian": laplacian_loss}
@@ -42,5 +43,5 @@ class GeneratorObjective(nn.Module):
             if self.vgg is None:
                 raise ValueError("the VGG term is active but no VGG network was built")
             terms["vgg"] = self.vgg(fake, real)
-        total = sum((weights[name] * value for name, value in terms.items()), fake.new_zeros(()))
+        total = sum((weighted(value, weights[name]) for name, value in terms.items()), fake.new_zeros(()))
         return total, terms

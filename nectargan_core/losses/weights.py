@@ -2,7 +2,18 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+import torch
+
 from nectargan_core.settings import LOSS_NAMES, LossSettings, WeightSchedule
+
+Value = TypeVar("Value", float, torch.Tensor)
+
+
+def weighted(value: Value, weight: float) -> Value:
+    """A loss term as it counts toward G's total: the one place a weight is applied."""
+    return value * weight
 
 
 def scheduled_weight(schedule: WeightSchedule, epoch: int) -> float:

@@ -11,13 +11,9 @@ import configparser
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from nectargan_core.layout import RunPaths
 from nectargan_core.settings import Settings
-
-if TYPE_CHECKING:
-    from nectargan_core.tracking.tracker import Tracker
 
 
 @dataclass(frozen=True)
@@ -35,9 +31,9 @@ def _files(root: Path) -> Iterator[Path]:
         yield from (p for p in root.rglob("*") if p.is_file() and not p.is_symlink())
 
 
-def _row(what: str, root: Path, seen: set[tuple[int, int]]) -> tuple[DiskRow, int]:
-    """The row (every file of ``root``) and the bytes not already counted under another name."""
-    files = list(_files(root))
+def _row(what: str, root: Path, seen: set[tuple[int, int]], base: Path = Path()) -> tuple[DiskRow, int]:
+    """The row (every file of ``root``, relative to ``base``) and the bytes not already counted under another name."""
+    files = list(_files(base / root))
     total = new = 0
     for path in files:
         stat = path.stat()
@@ -60,35 +56,13 @@ def dvc_remote_folders(project_dir: Path) -> list[Path]:
     return folders
 
 
-def _artifact_bytes(list_artifacts, uri: str) -> tuple[int, int]:
-    """(files, bytes) under an artifact URI, through the MLflow artifact API (any store)."""
-    files = size = 0
-    for info in list_artifacts(artifact_uri=uri):
-        if info.is_dir:
-            sub_files, sub_size = _artifact_bytes(list_artifacts, f"{uri.rstrip('/')}/{Path(info.path).name}")
-            files, size = files + sub_files, size + sub_size
-        else:
-            files, size = files + 1, size + (info.file_size or 0)
-    return files, size
-
-
-def mlflow_rows(tracker: Tracker) -> list[DiskRow]:
-    """One row per run of the experiment: its artifacts plus the logged models it produced."""
-    import mlflow
-
-    rows = []
-    models = tracker.logged_models(tracker.experiment_id)
-    for run in tracker.client.search_runs([tracker.experiment_id], max_results=10_000):
-        files, size = _artifact_bytes(mlflow.artifacts.list_artifacts, run.info.artifact_uri)
-        for model in (m for m in models if m.source_run_id == run.info.run_id):
-            model_files, model_size = _artifact_bytes(mlflow.artifacts.list_artifacts, model.artifact_location)
-            files, size = files + model_files, size + model_size
-        rows.append(DiskRow(f"MLflow run {run.info.run_name or ''}".rstrip(), run.info.run_id, files, size))
-    return rows
-
-
-def disk_report(settings: Settings, project_dir: Path, mlflow: list[DiskRow]) -> tuple[list[DiskRow], int]:
-    """Rows for the project's stores and ``mlflow`` (see ``mlflow_rows``); the total counts every file once."""
+def disk_report(
+    settings: Settings, project_dir: Path, mlflow: list[DiskRow], mlflow_folder: Path | None = None
+) -> tuple[list[DiskRow], int]:
+    """Rows for the project's stores and ``mlflow`` (a row per MLflow run, see ``tracking.storage``);
+    the total counts every file once. ``mlflow_folder``: where a local store keeps those runs' files,
+    counted by walking it (hard links once); without it the runs' rows are added up. Relative
+    settings are folders of ``project_dir``, wherever the caller runs."""
     run = RunPaths.of(settings)
     places = [
         ("run: full state", run.latest),
@@ -103,16 +77,11 @@ def disk_report(settings: Settings, project_dir: Path, mlflow: list[DiskRow]) ->
     seen: set[tuple[int, int]] = set()
     rows, total = [], 0
     for what, root in places:
-        row, new = _row(what, root, seen)
+        row, new = _row(what, root, seen, project_dir)
         rows.append(row)
         total += new
-    from nectargan_core.tracking.tracker import embedded, tracking_uri
-
-    mlruns = project_dir / "mlruns"
-    if (
-        embedded(tracking_uri(settings.tracking, project_dir)) and mlruns.is_dir()
-    ):  # the embedded store: its files are local too
-        _, new = _row("MLflow", mlruns, seen)
+    if mlflow_folder is not None:
+        _, new = _row("MLflow", mlflow_folder, seen)
         total += new
     else:
         total += sum(row.bytes for row in mlflow)

@@ -8,15 +8,15 @@ three small plots do. Both functions only read those files, so they work on a ru
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from nectargan_core.files import save_image_atomic, write_atomic
-from nectargan_core.layout import STRIP_PATTERN, ReviewPaths, strip_key
+from nectargan_core.files import image_grid, read_epochs, save_image_atomic, write_atomic
+from nectargan_core.layout import STRIP_PATTERN, ReviewPaths, find_strips
+from nectargan_core.metric_names import LOSS_D, LOSS_G, LR_D, LR_G
 from nectargan_core.settings import LOSS_NAMES
 
 LEFT_MARGIN = 104  # px left of the grid, holds "epoch N"
@@ -28,16 +28,6 @@ FONT_SIZE = 16
 _PANELS = ("input", "generated", "target")
 
 
-def find_strips(examples_dir: Path) -> dict[tuple[int, int], Path]:
-    """Every example strip in ``examples_dir``, keyed by ``(epoch, sample)``; other files are ignored."""
-    if not examples_dir.is_dir():
-        raise FileNotFoundError(
-            f"examples folder {examples_dir} does not exist: pass the run's examples/ folder "
-            "(train.output_dir/examples), or train at least one epoch first"
-        )
-    return {key: path for path in examples_dir.iterdir() if (key := strip_key(path.name)) and path.is_file()}
-
-
 def select_epochs(epochs: Sequence[int], every: int) -> list[int]:
     """Every ``every``-th of the sorted ``epochs`` from the first, plus the last so the newest is always shown."""
     if every < 1:
@@ -47,6 +37,11 @@ def select_epochs(epochs: Sequence[int], every: int) -> list[int]:
     if ordered and chosen[-1] != ordered[-1]:
         chosen.append(ordered[-1])
     return chosen
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    with Image.open(path) as image:
+        return image.convert("RGB")
 
 
 def _font(size: int = FONT_SIZE) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
@@ -85,7 +80,13 @@ def example_montage(examples_dir: Path, out_path: Path, every: int = 1, samples:
     with Image.open(shown[0] if shown else strips[max(strips)]) as image:
         cell_w, cell_h = image.size
 
-    canvas = Image.new("RGB", (LEFT_MARGIN + len(columns) * cell_w, TOP_MARGIN + len(rows) * cell_h), BACKGROUND)
+    cells = [
+        [_open_rgb(strips[(epoch, sample)]) if (epoch, sample) in strips else None for sample in columns]
+        for epoch in rows
+    ]
+    canvas = image_grid(
+        cells, (cell_w, cell_h), (LEFT_MARGIN, TOP_MARGIN), BACKGROUND, BLANK, Image.Resampling.BILINEAR
+    )
     draw = ImageDraw.Draw(canvas)
     font, small = _font(), _font(FONT_SIZE - 4)
     for col, sample in enumerate(columns):
@@ -97,39 +98,8 @@ def example_montage(examples_dir: Path, out_path: Path, every: int = 1, samples:
     for row, epoch in enumerate(rows):
         top = TOP_MARGIN + row * cell_h
         draw.text((LEFT_MARGIN - 8, top + cell_h / 2), f"epoch {epoch}", fill=TEXT, font=font, anchor="rm")
-        for col, sample in enumerate(columns):
-            box = (LEFT_MARGIN + col * cell_w, top)
-            path = strips.get((epoch, sample))
-            if path is None:
-                draw.rectangle((*box, box[0] + cell_w - 1, box[1] + cell_h - 1), fill=BLANK)
-                continue
-            with Image.open(path) as image:
-                strip = image.convert("RGB")
-            if strip.size != (cell_w, cell_h):
-                strip = strip.resize((cell_w, cell_h), Image.Resampling.BILINEAR)
-            canvas.paste(strip, box)
 
     return save_image_atomic(canvas, out_path)
-
-
-def read_epochs(epochs_csv: Path) -> tuple[list[str], list[dict[str, str]]]:
-    """Header and rows of the epoch table, sorted by epoch; torn rows of a killed run are skipped."""
-    epochs_csv = Path(epochs_csv)
-    if not epochs_csv.is_file():
-        raise FileNotFoundError(
-            f"epoch table {epochs_csv} does not exist: pass the run's epochs.csv (train.output_dir/epochs.csv)"
-        )
-    with epochs_csv.open(newline="") as handle:
-        reader = csv.DictReader(handle)
-        header = list(reader.fieldnames or [])
-        rows = [row for row in reader if None not in row and None not in row.values() and row["epoch"].isdigit()]
-    if not rows:
-        raise ValueError(f"{epochs_csv} has no epoch rows: nothing to plot until at least one epoch has finished")
-    missing = [c for c in ("epoch", "lr_g", "lr_d", "loss_d", "loss_g") if c not in header]
-    if missing:
-        raise ValueError(f"{epochs_csv} lacks column(s) {missing}: is it a NectarGAN epochs.csv?")
-    rows.sort(key=lambda row: int(row["epoch"]))
-    return header, rows
 
 
 def _column(rows: list[dict[str, str]], name: str) -> list[float]:
@@ -137,14 +107,9 @@ def _column(rows: list[dict[str, str]], name: str) -> list[float]:
     return [float(row[name]) if row.get(name, "").strip() else math.nan for row in rows]
 
 
-def _terms(header: Sequence[str], rows: list[dict[str, str]]) -> list[str]:
-    return [name for name in LOSS_NAMES if name in header and any(row[name].strip() for row in rows)]
-
-
-def plotted_terms(epochs_csv: Path) -> list[str]:
+def plotted_terms(header: Sequence[str], rows: list[dict[str, str]]) -> list[str]:
     """Unweighted loss terms that ran in at least one epoch, in the project's loss order: what loss_terms.png shows."""
-    header, rows = read_epochs(Path(epochs_csv))
-    return _terms(header, rows)
+    return [name for name in LOSS_NAMES if name in header and any(row[name].strip() for row in rows)]
 
 
 def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
@@ -176,14 +141,14 @@ def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
     fig = Figure(figsize=(8, 6), dpi=100, layout="constrained")
     axes = fig.subplots(2, 1, sharex=True)
     for ax, column, label, colour in zip(
-        axes, ("loss_g", "loss_d"), ("generator loss", "discriminator loss"), ("C0", "C3"), strict=True
+        axes, (LOSS_G.column, LOSS_D.column), ("generator loss", "discriminator loss"), ("C0", "C3"), strict=True
     ):
         ax.plot(epochs, _column(rows, column), color=colour, **style)
         ax.set_title(f"{label} ({column}, epoch mean)")
         ax.set_ylabel(column)
     save(fig, paths.losses)
 
-    terms = _terms(header, rows)
+    terms = plotted_terms(header, rows)
     fig = Figure(figsize=(8, max(3, 2.2 * len(terms))), dpi=100, layout="constrained")
     if terms:
         axes = fig.subplots(len(terms), 1, sharex=True, squeeze=False)[:, 0]
@@ -198,8 +163,8 @@ def loss_graphs(epochs_csv: Path, out_dir: Path) -> list[Path]:
 
     fig = Figure(figsize=(8, 4), dpi=100, layout="constrained")
     ax = fig.subplots()
-    ax.plot(epochs, _column(rows, "lr_g"), label="lr_g (generator)", **style)
-    ax.plot(epochs, _column(rows, "lr_d"), label="lr_d (discriminator)", linestyle="--", **style)
+    ax.plot(epochs, _column(rows, LR_G.column), label=f"{LR_G.column} (generator)", **style)
+    ax.plot(epochs, _column(rows, LR_D.column), label=f"{LR_D.column} (discriminator)", linestyle="--", **style)
     ax.set_title("learning rates")
     ax.set_ylabel("learning rate")
     ax.ticklabel_format(axis="y", style="sci", scilimits=(-3, 3))

@@ -1,6 +1,6 @@
 """Images that compare runs: validation curves (one run's, or a sweep's overlaid) and a run's final strips.
 
-Both read only a run folder's files (``epochs.csv``, ``examples/``), like ``review``.
+They read only a run folder's files (``epochs.csv``, ``examples/``), like ``review``.
 """
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
-from nectargan_core.files import save_image_atomic, split_strip, write_atomic
-from nectargan_core.reports.review import find_strips, read_epochs
-from nectargan_core.training.validation import VAL_METRICS, val_column
+from nectargan_core.files import image_grid, read_epochs, save_image_atomic, split_strip, write_atomic
+from nectargan_core.layout import find_strips
+from nectargan_core.metric_names import VAL_METRICS, val_metric
 
 
 def val_curves(tables: dict[str, Path], out_path: Path) -> Path:
@@ -26,12 +26,13 @@ def val_curves(tables: dict[str, Path], out_path: Path) -> Path:
     fig.suptitle("validation (fixed val crops): comparable across loss weightings")
     for label, table in tables.items():
         _, rows = read_epochs(table)
-        for ax, metric in zip(axes, VAL_METRICS, strict=True):
-            points = [(int(r["epoch"]), float(r[val_column(metric)])) for r in rows if r.get(val_column(metric))]
+        for ax, name in zip(axes, VAL_METRICS, strict=True):
+            column = val_metric(name).column
+            points = [(int(r["epoch"]), float(r[column])) for r in rows if r.get(column)]
             if points:
                 ax.plot(*zip(*points, strict=True), marker="o", markersize=3, linewidth=1.5, label=label)
-    for ax, metric in zip(axes, VAL_METRICS, strict=True):
-        ax.set_ylabel(f"val/{metric}")
+    for ax, name in zip(axes, VAL_METRICS, strict=True):
+        ax.set_ylabel(val_metric(name).label)
         ax.grid(True, alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         if ax.get_lines():
@@ -51,13 +52,8 @@ def final_strips(examples_dir: Path, out_path: Path) -> Path | None:
     images = []
     for _, sample in sorted(key for key in strips if key[0] == last):
         with Image.open(strips[(last, sample)]) as image:
-            images.append(image.convert("RGB"))
-    canvas = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white")
-    top = 0
-    for image in images:
-        canvas.paste(image, (0, top))
-        top += image.height
-    return save_image_atomic(canvas, out_path)
+            images.append([image.convert("RGB")])
+    return save_image_atomic(image_grid(images, images[0][0].size), out_path)
 
 
 def weightings_grid(examples: dict[str, Path], out_path: Path, label_height: int = 20) -> Path | None:
@@ -75,13 +71,12 @@ def weightings_grid(examples: dict[str, Path], out_path: Path, label_height: int
     labels = ["input", *last, "target"]
     first = next(iter(last.values()))
     width, height = split_strip(first[common[0]])[0].size
-    canvas = Image.new("RGB", (len(labels) * width, label_height + len(common) * height), "white")
+    cells = []
+    for sample in common:
+        x, _, y = split_strip(first[sample])
+        cells.append([x, *(split_strip(strips[sample])[1] for strips in last.values()), y])
+    canvas = image_grid(cells, (width, height), (0, label_height))
     draw = ImageDraw.Draw(canvas)
     for column, label in enumerate(labels):
         draw.text((column * width + 2, 4), label[: max(width // 7, 4)], fill="black")
-    for row, sample in enumerate(common):
-        x, _, y = split_strip(first[sample])
-        cells = [x, *(split_strip(strips[sample])[1] for strips in last.values()), y]
-        for column, image in enumerate(cells):
-            canvas.paste(image.resize((width, height)), (column * width, label_height + row * height))
     return save_image_atomic(canvas, out_path)

@@ -8,11 +8,11 @@ from pathlib import Path
 from mlflow.entities import Metric
 from PIL import Image
 
+from nectargan_core.metric_names import LOSS_D
 from nectargan_core.tracking.tracker import SNAPSHOTS_ARTIFACT, Tracker, example_image_key
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
-from nectargan_core.training.validation import val_key
 
-EPOCH_MARKER = "loss/d"  # logged for every epoch: its history says which epochs a run holds
+EPOCH_MARKER = LOSS_D.key  # logged for every epoch: its history says which epochs a run holds
 
 
 class MLflowCallback(TrainingCallback):
@@ -37,23 +37,8 @@ class MLflowCallback(TrainingCallback):
     def on_epoch_end(self, summary: EpochSummary) -> None:
         if summary.epoch <= self.logged_through:
             return
-        values = {
-            EPOCH_MARKER: summary.loss_d,
-            "loss/g": summary.loss_g,
-            "lr/g": summary.lr_g,
-            "lr/d": summary.lr_d,
-            "epoch_seconds": summary.seconds,
-            "images_per_s": summary.images_per_s,
-        }
-        for name, weight in summary.weights.items():
-            values[f"weight/{name}"] = weight
-        for name, value in summary.losses.items():
-            values[f"loss/{name}"] = value
-            values[f"loss/{name}_weighted"] = value * summary.weights[name]
-        for name, value in summary.val.items():
-            values[val_key(name)] = value
         now = int(time.time() * 1000)
-        metrics = [Metric(key, float(value), now, summary.epoch) for key, value in values.items()]
+        metrics = [Metric(name.key, float(value), now, summary.epoch) for name, value in summary.metrics().items()]
         self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_examples(self, epoch: int, paths: list[Path]) -> None:

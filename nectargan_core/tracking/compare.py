@@ -20,15 +20,14 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from PIL import Image, ImageDraw, ImageFont
 
-from nectargan_core.files import split_strip
-from nectargan_core.layout import STRIP_PATTERN, ComparePaths, strip_key
+from nectargan_core.files import image_grid, split_strip
+from nectargan_core.layout import STRIP_PATTERN, ComparePaths, find_strips
+from nectargan_core.metric_names import VAL_PREFIX
 from nectargan_core.settings import Settings
 from nectargan_core.tracking.tracker import EVAL_METRIC_PREFIX, FINAL_EXAMPLES_ARTIFACT, Tracker
-from nectargan_core.training.validation import val_key
 
 log = logging.getLogger(__name__)
 
-VAL_PREFIX = val_key("")
 HEADER_HEIGHT = 48
 """Pixels of the label row above the images of ``side_by_side`` (room for a name and three params)."""
 
@@ -216,9 +215,8 @@ def _strips(client: MlflowClient, run: Run, dst: Path) -> dict[int, Path]:
     # one transfer per run
     folder = Path(client.download_artifacts(run.info.run_id, FINAL_EXAMPLES_ARTIFACT, str(dst)))
     by_epoch: dict[int, dict[int, Path]] = {}
-    for path in folder.iterdir():
-        if (key := strip_key(path.name)) is not None:
-            by_epoch.setdefault(key[0], {})[key[1]] = path
+    for (epoch, sample), path in find_strips(folder).items():
+        by_epoch.setdefault(epoch, {})[sample] = path
     if not by_epoch:
         raise ValueError(f"run {run.info.run_id} ({name}): no {STRIP_PATTERN} strips under {FINAL_EXAMPLES_ARTIFACT}")
     return by_epoch[max(by_epoch)]
@@ -254,19 +252,15 @@ def side_by_side(client: MlflowClient, runs: Sequence[Run], out_path: Path, samp
             raise ValueError("the runs share no example sample index; export examples of the same samples")
         thirds = [[split_strip(s[index]) for index in common] for s in strips]
     cell_w, cell_h = thirds[0][0][0].size
-    canvas = Image.new("RGB", ((len(runs) + 2) * cell_w, HEADER_HEIGHT + len(common) * cell_h), "white")
+    cells = [
+        [thirds[0][row][0], *(run_thirds[row][1] for run_thirds in thirds), thirds[0][row][2]]
+        for row in range(len(common))
+    ]
+    canvas = image_grid(cells, (cell_w, cell_h), (0, HEADER_HEIGHT))
     font = ImageFont.load_default()
     labels = [["input"], *(run_label(run, differing) for run in runs), ["target"]]
     for column, lines in enumerate(labels):
         canvas.paste(_label_cell(lines, cell_w, font), (column * cell_w, 0))
-    for row in range(len(common)):
-        y = HEADER_HEIGHT + row * cell_h
-        first_input, _, first_target = thirds[0][row]
-        cells = [first_input, *(run_thirds[row][1] for run_thirds in thirds), first_target]
-        for column, image in enumerate(cells):
-            if image.size != (cell_w, cell_h):
-                image = image.resize((cell_w, cell_h), Image.Resampling.BICUBIC)
-            canvas.paste(image, (column * cell_w, y))
     out_path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out_path)
     return out_path

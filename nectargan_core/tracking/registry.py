@@ -26,6 +26,7 @@ from mlflow.types import Schema, TensorSpec
 import nectargan_core
 from nectargan_core.checkpoint import load_checkpoint
 from nectargan_core.layout import LATEST_NAME, checkpoint_epoch, checkpoint_name
+from nectargan_core.models import ModelInfo
 from nectargan_core.settings import Settings
 from nectargan_core.tracking.provenance import file_md5, git_commit, params_hash
 from nectargan_core.tracking.tracker import MODEL_ARTIFACT, SNAPSHOTS_ARTIFACT, Tracker
@@ -58,14 +59,7 @@ class RegisteredCheckpoint:
 
 def model_metadata(settings: Settings, epoch: int) -> dict[str, int]:
     """What a caller needs to feed the model (stored in the MLflow model's metadata)."""
-    data = settings.data
-    return {
-        "input_channels": data.input_channels,
-        "output_channels": data.output_channels,
-        "crop_size": data.crop_size,
-        "side_multiple": 2 ** (settings.model.generator.n_downs + 2),
-        "epoch": epoch,
-    }
+    return ModelInfo.of(settings).metadata(epoch)
 
 
 def _signature(info: dict[str, int]) -> ModelSignature:

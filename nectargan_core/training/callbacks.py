@@ -11,7 +11,20 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nectargan_core.training.validation import val_column
+from nectargan_core.losses.weights import weighted
+from nectargan_core.metric_names import (
+    IMAGES_PER_S,
+    LOSS_D,
+    LOSS_G,
+    LR_D,
+    LR_G,
+    SECONDS,
+    Metric,
+    loss_metric,
+    val_metric,
+    weight_metric,
+    weighted_metric,
+)
 
 
 @dataclass(frozen=True)
@@ -28,23 +41,31 @@ class EpochSummary:
     weights: dict[str, float] = field(default_factory=dict)  # every term's weight this epoch
     val: dict[str, float] = field(default_factory=dict)  # validation metrics, when validated this epoch
 
-    def as_row(self) -> dict[str, object]:
-        row: dict[str, object] = {
-            "epoch": self.epoch,
-            "seconds": round(self.seconds, 4),
-            "images_per_s": round(self.images_per_s, 3),
-            "lr_g": self.lr_g,
-            "lr_d": self.lr_d,
-            "loss_d": self.loss_d,
-            "loss_g": self.loss_g,
+    def metrics(self) -> dict[Metric, float]:
+        """Every number of the epoch by name; each sink spells the names its own way."""
+        values = {
+            SECONDS: self.seconds,
+            IMAGES_PER_S: self.images_per_s,
+            LR_G: self.lr_g,
+            LR_D: self.lr_d,
+            LOSS_D: self.loss_d,
+            LOSS_G: self.loss_g,
         }
         for name, weight in self.weights.items():
-            row[f"{name}_weight"] = weight
+            values[weight_metric(name)] = weight
         for name, value in self.losses.items():
-            row[name] = value
-            row[f"{name}_weighted"] = value * self.weights[name]
+            values[loss_metric(name)] = value
+            values[weighted_metric(name)] = weighted(value, self.weights[name])
         for name, value in self.val.items():
-            row[val_column(name)] = value
+            values[val_metric(name)] = value
+        return values
+
+    def as_row(self) -> dict[str, object]:
+        """The epoch table's row; time and speed rounded, as a table shows them."""
+        row: dict[str, object] = {"epoch": self.epoch}
+        row.update((metric.column, value) for metric, value in self.metrics().items())
+        row[SECONDS.column] = round(self.seconds, 4)
+        row[IMAGES_PER_S.column] = round(self.images_per_s, 3)
         return row
 
 

@@ -8,15 +8,27 @@ iteration); the epoch table has one row per epoch, which DVC can plot.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from nectargan_core.files import atomic_path, own_copy
+from nectargan_core.losses.weights import weighted
+from nectargan_core.metric_names import (
+    IMAGES_PER_S,
+    LOSS_D,
+    LOSS_G,
+    LR_D,
+    LR_G,
+    SECONDS,
+    VAL_COLUMNS,
+    loss_metric,
+    val_metric,
+    weight_metric,
+    weighted_metric,
+)
 from nectargan_core.settings import LOSS_NAMES
-from nectargan_core.training.validation import VAL_COLUMNS, val_column
 
 if TYPE_CHECKING:
     from nectargan_core.training.step import Losses
@@ -24,38 +36,16 @@ if TYPE_CHECKING:
 LOSS_LOG_COLUMNS = ("epoch", "iteration", "loss", "value", "weight", "weighted")
 EPOCH_COLUMNS = (
     "epoch",
-    "seconds",
-    "images_per_s",
-    "lr_g",
-    "lr_d",
-    "loss_d",
-    "loss_g",
-    *LOSS_NAMES,
-    *(f"{name}_weighted" for name in LOSS_NAMES),
-    *(f"{name}_weight" for name in LOSS_NAMES),
-    *(val_column(name) for name in VAL_COLUMNS),
+    *(metric.column for metric in (SECONDS, IMAGES_PER_S, LR_G, LR_D, LOSS_D, LOSS_G)),
+    *(loss_metric(name).column for name in LOSS_NAMES),
+    *(weighted_metric(name).column for name in LOSS_NAMES),
+    *(weight_metric(name).column for name in LOSS_NAMES),
+    *(val_metric(name).column for name in VAL_COLUMNS),
 )
-
-
-def _widen(path: Path, columns: Sequence[str]) -> None:
-    """A table written before some columns existed gets them (empty) once, through a temp file."""
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
-    if not rows or rows[0] == list(columns) or not set(rows[0]) <= set(columns):
-        return
-    old = rows[0]
-    with atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(columns)
-        for row in rows[1:]:
-            by_name = dict(zip(old, row, strict=False))
-            writer.writerow([by_name.get(column, "") for column in columns])
 
 
 def _append(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     new = not path.exists() or path.stat().st_size == 0
-    if not new:
-        _widen(path, columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     with own_copy(path).open("a", newline="") as handle:
         writer = csv.writer(handle)
@@ -93,7 +83,7 @@ class LossLog:
         for iteration, losses in enumerate(steps, start=1):
             for name, value in losses.items():
                 weight = weights.get(name, 1.0)
-                self._pending.append((epoch, iteration, name, value, weight, value * weight))
+                self._pending.append((epoch, iteration, name, value, weight, weighted(value, weight)))
 
     @property
     def pending(self) -> int:
@@ -108,17 +98,3 @@ class LossLog:
 def append_epoch_row(path: Path, row: dict[str, object]) -> None:
     """One row of the epoch table; losses that did not run that epoch stay empty."""
     _append(path, EPOCH_COLUMNS, [[row.get(column, "") for column in EPOCH_COLUMNS]])
-
-
-def registered_versions(summary: Path) -> dict[int, str]:
-    """{epoch: model version} a run's summary records as registered ({} when none, or unreadable).
-
-    Summaries written before ``registered_epoch`` existed registered their ``last_epoch``.
-    """
-    try:
-        recorded = json.loads(summary.read_text())
-    except (OSError, ValueError):
-        return {}
-    version = recorded.get("model_version")
-    epoch = recorded.get("registered_epoch", recorded.get("last_epoch"))
-    return {epoch: version} if epoch is not None and version else {}

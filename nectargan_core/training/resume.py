@@ -24,7 +24,8 @@ from nectargan_core.checkpoint import (
 from nectargan_core.files import write_atomic
 from nectargan_core.layout import RunPaths, strip_key
 from nectargan_core.settings import Settings, flatten_dotted
-from nectargan_core.training.records import registered_versions, truncate_after
+from nectargan_core.training.records import truncate_after
+from nectargan_core.training.summary import registered_versions
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from nectargan_core.losses.metrics import HIGHER_IS_BETTER
+from nectargan_core.metric_names import val_metric
 
 
 @dataclass
@@ -27,6 +28,10 @@ class Selection:
     best_smoothed: float | None = None
     best_smoothed_epoch: int | None = None
     history: list[tuple[int, float]] = field(default_factory=list)
+
+    @property
+    def label(self) -> str:
+        return val_metric(self.metric).label
 
     @property
     def _sign(self) -> float:
@@ -51,13 +56,13 @@ class Selection:
         if epoch - self.best_smoothed_epoch < self.patience:
             return None
         return (
-            f"stopped early after epoch {epoch}: val/{self.metric} (smoothed over {self.window} validation(s)) "
+            f"stopped early after epoch {epoch}: {self.label} (smoothed over {self.window} validation(s)) "
             f"has not improved for {epoch - self.best_smoothed_epoch} epochs (train.early_stop_patience "
-            f"{self.patience}); best val/{self.metric} {self.best_value:.4f} at epoch {self.best_epoch}"
+            f"{self.patience}); best {self.label} {self.best_value:.4f} at epoch {self.best_epoch}"
         )
 
     def why(self) -> str:
-        return f"best val/{self.metric} ({self.best_value:.4f}) of the validated epochs (train.select_by)"
+        return f"best {self.label} ({self.best_value:.4f}) of the validated epochs (train.select_by)"
 
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,7 +70,7 @@ class Selection:
     @classmethod
     def restore(cls, metric: str, patience: int | None, window: int, saved: dict[str, Any] | None) -> Selection:
         """A fresh selection, or the one a checkpoint saved (same metric), with today's patience."""
-        if not saved or saved.get("metric") != metric:
+        if not saved or saved["metric"] != metric:
             return cls(metric, patience, window)
         kept = {k: v for k, v in saved.items() if k not in ("metric", "patience", "window", "history")}
-        return cls(metric, patience, window, **kept, history=[tuple(h) for h in saved.get("history", [])])
+        return cls(metric, patience, window, **kept, history=[tuple(h) for h in saved["history"]])

@@ -21,22 +21,21 @@ import torch
 from torch.utils.data import DataLoader
 
 from nectargan_core.checkpoint import prune_checkpoints, save_checkpoint, snapshot_of
-from nectargan_core.data.dataset import PairedImageDataset
+from nectargan_core.data.dataset import first_val_pairs
 from nectargan_core.data.loaders import train_loader
-from nectargan_core.data.transforms import PairTransform
 from nectargan_core.device import autocast_dtype, resolve_device
 from nectargan_core.distributed import (
+    SINGLE,
     DistributedError,
     World,
     any_rank,
     broadcast,
-    destroy_process_group,
-    init_process_group,
     mean_over_ranks,
     rank_seed,
 )
-from nectargan_core.files import compose_strip, held_lock, save_image_atomic, write_atomic, write_json_atomic
+from nectargan_core.files import compose_strip, held_lock, save_image_atomic, write_atomic
 from nectargan_core.layout import RunPaths, checkpoint_name, strip_name
+from nectargan_core.metric_names import val_name
 from nectargan_core.settings import Settings
 from nectargan_core.training import interrupt
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
@@ -44,6 +43,7 @@ from nectargan_core.training.records import LossLog, append_epoch_row
 from nectargan_core.training.resume import architecture, start_point
 from nectargan_core.training.selection import Selection
 from nectargan_core.training.step import GANStep, Losses, LossLayout
+from nectargan_core.training.summary import RunSummary
 from nectargan_core.training.validation import ValidationPairs, validate
 
 log = logging.getLogger(__name__)
@@ -76,9 +76,7 @@ def _fixed_examples(settings: Settings) -> tuple[torch.Tensor, torch.Tensor] | N
     count = settings.train.num_examples
     if count == 0:
         return None
-    val = PairedImageDataset(settings.data, "val", PairTransform(settings.data, train=False))
-    pairs = [val[i] for i in range(min(count, len(val)))]
-    return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+    return first_val_pairs(settings.data, count)
 
 
 def _check_finite(
@@ -114,24 +112,26 @@ def _check_finite_weights(step: GANStep, epoch: int, last: Path | None) -> None:
 
 def _write_summary(paths: RunPaths, result: TrainResult, settings: Settings, device: torch.device) -> None:
     last = result.history[-1] if result.history else None
-    summary = {
-        "output_dir": str(result.output_dir),
-        "start_epoch": result.start_epoch,
-        "last_epoch": result.last_epoch,
-        "checkpoint": str(result.checkpoint) if result.checkpoint else None,
-        "device": str(device),
-        "precision": str(autocast_dtype(settings.train, device) or torch.float32).removeprefix("torch."),
-        "changed_settings": result.changed_settings,
-        "final_epoch": asdict(last) if last else None,
-        "selected_epoch": result.selected_epoch,
-        "selected_why": result.selected_why,
-        "stopped_early": result.stopped_early,
-    }
-    write_json_atomic(paths.summary, summary)
+    RunSummary(
+        output_dir=str(result.output_dir),
+        start_epoch=result.start_epoch,
+        last_epoch=result.last_epoch,
+        checkpoint=str(result.checkpoint) if result.checkpoint else None,
+        device=str(device),
+        precision=str(autocast_dtype(settings.train, device) or torch.float32).removeprefix("torch."),
+        changed_settings=result.changed_settings,
+        final_epoch=asdict(last) if last else None,
+        selected_epoch=result.selected_epoch,
+        selected_why=result.selected_why,
+        stopped_early=result.stopped_early,
+    ).write(paths.summary)
 
 
 def train(
-    settings: Settings, callbacks: Sequence[TrainingCallback] = (), run: dict[str, str] | None = None
+    settings: Settings,
+    callbacks: Sequence[TrainingCallback] = (),
+    run: dict[str, str] | None = None,
+    world: World = SINGLE,
 ) -> TrainResult:
     """Train (or continue) as configured; returns where the outputs are and the per-epoch history.
 
@@ -140,12 +140,11 @@ def train(
     caller's registration). One process at a time trains into an output folder (a lock that names
     its holder).
 
-    Under torchrun every process calls this; rank 0 alone decides where training starts, holds the
-    lock and writes files (the callbacks are rank 0's), and the others train their share of each
-    global batch.
+    Under torchrun every process calls this with its ``world``, inside the process group its caller
+    opened; rank 0 alone decides where training starts, holds the lock and writes files (the
+    callbacks are rank 0's), and the others train their share of each global batch.
     """
     paths = RunPaths.of(settings)
-    world = World.from_env()
     started_before = paths.lock.exists()  # a run began here (its lock file stays after a kill)
     lock = held_lock(paths.lock, f"train.output_dir {paths.root}") if world.is_main else nullcontext()
     with lock:
@@ -162,7 +161,6 @@ def _train(
 ) -> TrainResult:
     cfg = settings.train
     device = resolve_device(cfg, world)
-    init_process_group(world, device)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -189,7 +187,7 @@ def _train(
     selection = None
     if cfg.select_by:
         saved = start.state.get("selection") if start.state else None
-        metric = cfg.select_by.removeprefix("val/")
+        metric = val_name(cfg.select_by)
         selection = Selection.restore(metric, cfg.early_stop_patience, cfg.early_stop_window, saved)
         # A run that stopped early and is continued only finishes, as the run that never stopped did.
         result.stopped_early = selection.stop_reason(start.epoch - 1) if start.epoch > 1 else None
@@ -244,7 +242,6 @@ def _train(
     finally:
         if loss_log is not None:
             loss_log.flush()  # whatever is cached is written, also on error or Ctrl+C
-        destroy_process_group()
 
     if selection is not None and selection.best_epoch is not None:
         result.selected_epoch, result.selected_why = selection.best_epoch, selection.why()

@@ -14,24 +14,12 @@ from dataclasses import dataclass
 
 import torch
 
-from nectargan_core.data.dataset import PairedImageDataset
-from nectargan_core.data.transforms import PairTransform
+from nectargan_core.data.dataset import first_val_pairs
 from nectargan_core.losses.metrics import LPIPS_FILE, Lpips, per_image_metrics, weights_file
+from nectargan_core.metric_names import VAL_METRICS
 from nectargan_core.settings import Settings
 
-VAL_METRICS = ("l1", "psnr", "ssim")  # always; "lpips" too when its weights are local
-VAL_COLUMNS = (*VAL_METRICS, "lpips")
 VAL_BATCH = 8
-
-
-def val_key(metric: str) -> str:
-    """The MLflow metric name of a validation metric (``val/psnr``)."""
-    return f"val/{metric}"
-
-
-def val_column(metric: str) -> str:
-    """Its column in the epoch table (``val_psnr``)."""
-    return f"val_{metric}"
 
 
 @dataclass(frozen=True)
@@ -42,11 +30,10 @@ class ValidationPairs:
 
     @classmethod
     def load(cls, settings: Settings, device: torch.device) -> ValidationPairs:
-        dataset = PairedImageDataset(settings.data, "val", PairTransform(settings.data, train=False))
-        pairs = [dataset[i] for i in range(len(dataset))]
+        inputs, targets = first_val_pairs(settings.data)
         backbone = weights_file(settings.evaluate.lpips_weights, LPIPS_FILE)
         lpips = Lpips(backbone, device) if backbone is not None else None
-        return cls(torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs]), lpips)
+        return cls(inputs, targets, lpips)
 
 
 @torch.no_grad()

@@ -1,0 +1,133 @@
+"""Runs and studies in the tracking store: where things are, disk use, forgetting runs, compare, sweep."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from nectargan_core.cli.common import open_tracker, project_command, settings_of
+
+
+def _cmd_outputs(args: argparse.Namespace) -> int:
+    from nectargan_core.layout import where_things_are
+    from nectargan_core.tracking.tracker import tracking_uri
+
+    settings = settings_of(args)
+    uri = tracking_uri(settings.tracking, Path.cwd())
+    ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    rows = [*where_things_are(settings), ("MLflow UI", ui)]
+    width = max(len(what) for what, _ in rows)
+    for what, where in rows:
+        print(f"{what:<{width}}  {where}")
+    return 0
+
+
+def _cmd_disk(args: argparse.Namespace) -> int:
+    from nectargan_core.reports.disk import disk_report, format_report
+    from nectargan_core.tracking.storage import local_store, mlflow_rows
+
+    settings = settings_of(args)
+    tracker = open_tracker(settings)
+    rows, total = disk_report(settings, Path.cwd(), mlflow_rows(tracker), local_store(tracker))
+    print(format_report(rows, total))
+    return 0
+
+
+def _cmd_forget(args: argparse.Namespace) -> int:
+    settings = settings_of(args)
+    tracker = open_tracker(settings)
+    for line in tracker.forget_runs(args.runs):
+        print(f"deleted {line}")
+    if tracker.uri.startswith(("http://", "https://")):  # the database URI (with its password) is the server's
+        print('free the bytes on the tracking server: mlflow gc --backend-store-uri "$MLFLOW_BACKEND_STORE_URI"')
+    else:
+        print(f"free the bytes with: mlflow gc --backend-store-uri {tracker.uri} --tracking-uri {tracker.uri}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from nectargan_core.tracking.compare import compare_runs
+
+    settings = settings_of(args)
+    out = args.out or Path(settings.outputs.compare)
+    query = args.filter
+    if args.sweep:
+        from nectargan_core.tracking.studies import children_filter
+
+        query = " and ".join(filter(None, (query, children_filter(args.sweep))))
+    tracker = open_tracker(settings)
+    if args.sweep:
+        from nectargan_core.studies.sweep import recorded_children, table
+
+        print(table(recorded_children(tracker, args.sweep)))
+    board = compare_runs(settings, tracker, out, args.runs, query)
+    print(board.to_markdown())
+    print(f"leaderboard and side_by_side.png in {out}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from nectargan_core.studies import grid
+    from nectargan_core.studies.sweep import sweep, table
+
+    named = grid.named_weightings(args.file) if args.file else []
+    combinations = grid.combine(named, grid.grid(args.overrides))
+    if len(combinations) == 1 and not combinations[0].overrides:
+        raise ValueError("nothing to sweep: give -s key=v1,v2 (commas make the grid) or --file weightings.yaml")
+    name = args.name or grid.sweep_name(combinations)
+    settings, paths, children = grid.plan(args.params, args.base, combinations, name)
+    tracker = open_tracker(settings)
+    print(f"sweep {name}: {len(children)} combinations, trained into {paths.root / 'runs'}")
+    done = sweep(tracker, Path.cwd(), name, paths, children, args.select_by, args.register_best, args.jobs)
+    print(table(done.children))
+    if done.best is not None:
+        print(f"best by {args.select_by}: {done.best.combination.name} (MLflow run {done.best.run_id})")
+    if done.model_version is not None:
+        print(
+            f"registered {settings.tracking.registered_model} version {done.model_version} "
+            f"(alias {settings.tracking.alias})"
+        )
+    print(f"parent MLflow run {done.parent_run_id}; report {done.report}")
+    return 1 if any(c.status == "failed" for c in done.children) else 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    project_command(
+        sub, "outputs", _cmd_outputs, help="where every output of the pipeline is, as the settings place it"
+    )
+
+    project_command(
+        sub, "disk", _cmd_disk, help="where the bytes are: run folder, stage outputs, DVC cache and remote, MLflow runs"
+    )
+
+    p = project_command(
+        sub, "forget", _cmd_forget, help="delete MLflow runs with their registered versions and models (then mlflow gc)"
+    )
+    p.add_argument("--runs", nargs="+", required=True, help="MLflow run ids")
+
+    p = project_command(
+        sub, "compare", _cmd_compare, help="leaderboard of MLflow runs (differing settings, eval metrics) + images"
+    )
+    p.add_argument("--runs", nargs="*", default=[], help="MLflow run ids (default: every finished run)")
+    p.add_argument("--filter", default="", help="MLflow filter, e.g. \"params.`train.loss.l1` = '50.0'\"")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: outputs.compare)")
+    p.add_argument("--sweep", default=None, help="the finished children of this sweep (its name)")
+
+    p = sub.add_parser("sweep", help="train a grid of settings as MLflow child runs under one parent, then compare")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
+    p.add_argument(
+        "-s",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=V1,V2",
+        help="a grid axis: top-level commas separate the values ([1,4] stays one value); repeatable",
+    )
+    p.add_argument("--base", action="append", default=[], metavar="KEY=VALUE", help="a fixed override for every child")
+    p.add_argument("--file", type=Path, default=None, help="YAML of named weightings {name: {key: value}}")
+    p.add_argument("--name", default=None, help="the sweep's name (default: from the grid; a rerun resumes it)")
+    p.add_argument("--jobs", type=int, default=1, help="children trained at a time, each in its own process")
+    p.add_argument("--select-by", default="val/psnr", help="the val metric that picks the best child")
+    p.add_argument("--register-best", action="store_true", help="register the best child (moves the alias)")
+    p.set_defaults(func=_cmd_sweep)
