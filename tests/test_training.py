@@ -400,7 +400,7 @@ def test_setting_aside_never_replaces_an_unregistered_run(sample_root, tmp_path)
     assert load_checkpoint(out / "previous" / "checkpoints" / "latest.pt")["epoch"] == 1  # A is intact
     assert load_checkpoint(out / "checkpoints" / "latest.pt")["epoch"] == 2  # and so is B
     summary = json.loads((out / "previous" / "summary.json").read_text())
-    (out / "previous" / "summary.json").write_text(json.dumps({**summary, "model_version": "1"}))
+    (out / "previous" / "summary.json").write_text(json.dumps({**summary, "model_version": "1", "registered_epoch": 1}))
     train(tiny_settings(sample_root, out, **{"generator.epochs": 3}))  # a registered A may be replaced
     assert load_checkpoint(out / "previous" / "checkpoints" / "latest.pt")["epoch"] == 2
 
