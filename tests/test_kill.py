@@ -22,11 +22,12 @@ pytestmark = pytest.mark.slow  # a training process per kill point
 KILL_RUN = {"generator.epochs": 3, "keep_checkpoints": 2}  # pruning drops epoch 1's snapshot
 
 # Trains as the settings file says and SIGKILLs itself at one point (a callback, or a wrapped torch.save,
-# os.replace or Tracker method for points inside a save or the registration: no hook in the product).
+# os.replace or MlflowClient method for points inside a save or the registration: no hook in the product).
 VICTIM = """
 import json, os, signal, sys
 from pathlib import Path
 import torch
+from mlflow import MlflowClient
 from nectargan_core.settings import settings_from_dict
 from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
@@ -47,8 +48,8 @@ def replace_then_die(src, dst, *args, **kwargs):  # renamed into place, not yet 
     rename(src, dst, *args, **kwargs)
     if point == "snapshot_renamed" and Path(dst).name == snapshot: die()
 torch.save, os.replace = half_save, replace_then_die
-if point == "registered":  # the model is registered, the comparison images are not logged yet
-    Tracker.log_compare_images = lambda *args, **kwargs: die()
+if point == "registered":  # a version is registered; its alias, the comparison images and the summary not yet
+    MlflowClient.set_registered_model_alias = lambda *args, **kwargs: die()
 
 class Kill(TrainingCallback):
     def on_epoch_start(self, e, steps):
@@ -87,7 +88,7 @@ def reference(sample_root, tmp_path_factory):
         ("checkpoint", 1, "val/l1"),
         ("snapshot_write", 3, None),  # the final save: its snapshot half written
         ("snapshot_renamed", 3, None),  # the final save: snapshots not pruned
-        ("registered", 3, None),  # registered, not yet recorded in the summary
+        ("registered", 3, None),  # registered, not yet aliased nor recorded in the summary
     ],
 )
 def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(

@@ -147,12 +147,17 @@ def test_ctrl_c_in_the_terminal_stops_the_flow_and_its_temporary_server(sample_r
         text=True,
         start_new_session=True,  # a group of its own, as a terminal gives the command it runs
     )
-    _wait_for_epoch(project, flow)
-    children = [p.pid for p in psutil.Process(flow.pid).children(recursive=True)]
-    assert any("uvicorn" in " ".join(psutil.Process(pid).cmdline()) for pid in children)
-    os.killpg(flow.pid, signal.SIGINT)  # what Ctrl+C sends
-    asked = time.monotonic()
-    _, err = flow.communicate(timeout=90)  # the server shares the stderr pipe: its end too
+    try:
+        _wait_for_epoch(project, flow)
+        children = [p.pid for p in psutil.Process(flow.pid).children(recursive=True)]
+        assert any("uvicorn" in " ".join(psutil.Process(pid).cmdline()) for pid in children)
+        os.killpg(flow.pid, signal.SIGINT)  # what Ctrl+C sends
+        asked = time.monotonic()
+        _, err = flow.communicate(timeout=90)  # the server shares the stderr pipe: its end too
+    finally:  # a flow that hangs is not left behind (the server dies with it)
+        if flow.poll() is None:
+            os.killpg(flow.pid, signal.SIGKILL)
+            flow.wait()
     assert flow.returncode == 130, err[-3000:]
     assert time.monotonic() - asked < 45, err[-3000:]
     assert "SIGINT: stopping after this step" in err and "interrupted: the MLflow run is marked KILLED" in err
