@@ -1,8 +1,9 @@
-"""`python -m flows`: one run of the pipeline flow with params.yaml (Prefect starts a temporary
-local server when PREFECT_API_URL is not set).
+"""`python -m flows`: one run of the pipeline flow with params.yaml (with a temporary local Prefect
+server, in a session of its own, when PREFECT_API_URL is not set).
 
-A failure ends with one line (the traceback with --debug). SIGTERM unwinds like Ctrl+C, so the
-training run is marked KILLED and Prefect's temporary server is stopped on the way out.
+A failure ends with one line (the traceback with --debug). Ctrl+C stops training after its step and
+SIGTERM unwinds at once; either way the training run is marked KILLED and the temporary server is
+stopped on the way out.
 """
 
 import argparse
@@ -25,9 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
 
     from flows.pipeline import pipeline
+    from flows.temporary_server import temporary_server
+    from nectargan_core.training.interrupt import stop_at_step_boundary
 
-    try:
-        pipeline(continue_from=args.continue_from, project_dir=args.project_dir)
+    try:  # Ctrl+C (SIGINT to the terminal's process group) stops training after a step; Prefect owns SIGTERM
+        with stop_at_step_boundary(signals=(signal.SIGINT,)), temporary_server():
+            pipeline(continue_from=args.continue_from, project_dir=args.project_dir)
     except Exception as exc:
         if args.debug:
             raise

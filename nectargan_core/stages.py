@@ -146,7 +146,9 @@ def train_stage(
                 f"{settings.tracking.registered_model}@{settings.tracking.alias} did not move. Lower the learning "
                 "rates or the loss weights (or raise train.diverged_above) and train again."
             )
-        version = registered.get(result.last_epoch) if not result.history else None
+        version = None
+        if not result.history:  # nothing trained: the run may have registered this epoch before a kill
+            version = registered.get(result.last_epoch) or run.registered_version(settings, result.last_epoch)
         if result.checkpoint is not None and version is None and register:
             selected = paths.best if settings.train.select_by and paths.best.exists() else None
             version = run.register(result.checkpoint, settings, project_dir, selected)

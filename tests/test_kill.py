@@ -19,10 +19,15 @@ from .helpers import epoch_rows, losses, tiny_settings
 
 pytestmark = pytest.mark.slow  # a training process per kill point
 
-# Trains as the settings file says and SIGKILLs itself at one point (a callback: no hook in the product).
+KILL_RUN = {"generator.epochs": 3, "keep_checkpoints": 2}  # pruning drops epoch 1's snapshot
+
+# Trains as the settings file says and SIGKILLs itself at one point (a callback, or a wrapped torch.save,
+# os.replace or MlflowClient method for points inside a save or the registration: no hook in the product).
 VICTIM = """
 import json, os, signal, sys
 from pathlib import Path
+import torch
+from mlflow import MlflowClient
 from nectargan_core.settings import settings_from_dict
 from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
@@ -30,8 +35,21 @@ from nectargan_core.training.callbacks import TrainingCallback
 
 settings_file, project, point, epoch = sys.argv[1], Path(sys.argv[2]), sys.argv[3], int(sys.argv[4])
 settings = settings_from_dict(json.loads(Path(settings_file).read_text()))
+snapshot = f"epoch_{epoch:04d}.pt"
 
 def die(): os.kill(os.getpid(), signal.SIGKILL)
+
+save, rename = torch.save, os.replace
+def half_save(obj, f, *args, **kwargs):  # the snapshot's temp file is half written when the kill comes
+    if point == "snapshot_write" and Path(f).name.startswith(f".{snapshot}."):
+        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint"); die()
+    return save(obj, f, *args, **kwargs)
+def replace_then_die(src, dst, *args, **kwargs):  # renamed into place, not yet pruned
+    rename(src, dst, *args, **kwargs)
+    if point == "snapshot_renamed" and Path(dst).name == snapshot: die()
+torch.save, os.replace = half_save, replace_then_die
+if point == "registered":  # a version is registered; its alias, the comparison images and the summary not yet
+    MlflowClient.set_registered_model_alias = lambda *args, **kwargs: die()
 
 class Kill(TrainingCallback):
     def on_epoch_start(self, e, steps):
@@ -53,7 +71,7 @@ train_stage(settings, Tracker.connect(settings.tracking, project), project, [Kil
 def reference(sample_root, tmp_path_factory):
     """The uninterrupted run."""
     project = tmp_path_factory.mktemp("uninterrupted")
-    settings = tiny_settings(sample_root, project / "outputs" / "train", **{"generator.epochs": 3})
+    settings = tiny_settings(sample_root, project / "outputs" / "train", **KILL_RUN)
     train_stage(settings, Tracker.connect(settings.tracking, project), project)
     return project
 
@@ -68,12 +86,15 @@ def reference(sample_root, tmp_path_factory):
         ("train_end", 3, None),
         ("examples", 2, "val/l1"),  # with a best epoch to keep
         ("checkpoint", 1, "val/l1"),
+        ("snapshot_write", 3, None),  # the final save: its snapshot half written
+        ("snapshot_renamed", 3, None),  # the final save: snapshots not pruned
+        ("registered", 3, None),  # registered, not yet aliased nor recorded in the summary
     ],
 )
 def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(
     sample_root, reference, tmp_path, point, epoch, select
 ):
-    settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", select_by=select, **{"generator.epochs": 3})
+    settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", select_by=select, **KILL_RUN)
     settings_file = tmp_path / "settings.json"
     settings_file.write_text(json.dumps(settings.model_dump(mode="json")))
     victim = subprocess.run(
@@ -99,7 +120,20 @@ def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(
         assert all(torch.equal(a[net][k], b[net][k]) for k in a[net]), net
     assert (ours / "loss_log.csv").read_text() == (theirs / "loss_log.csv").read_text()
     assert not list(Path(ours).rglob(".*.tmp"))
+    assert snapshots(ours) == snapshots(theirs) == ["epoch_0002.pt", "epoch_0003.pt"]
+    assert registered(tracker, settings) == registered(Tracker.connect(settings.tracking, reference), settings)
     if select:  # the best epoch of the uninterrupted run's validation, and no leftover candidates
         best = min(epoch_rows(theirs), key=lambda row: float(row["val_l1"]))["epoch"]
         assert load_checkpoint(ours / "snapshots" / "best.pt")["epoch"] == int(best)
         assert not list((ours / "snapshots").glob("best_*.pt"))
+
+
+def snapshots(out: Path) -> list[str]:
+    return sorted(path.name for path in (out / "snapshots").glob("epoch_*.pt"))
+
+
+def registered(tracker: Tracker, settings) -> tuple[list[tuple[str, str]], dict[str, str]]:
+    """(version, epoch) of every registered version, and where the aliases point."""
+    name, client = settings.tracking.registered_model, tracker.client
+    versions = sorted((v.version, v.tags["epoch"]) for v in client.search_model_versions(f"name='{name}'"))
+    return versions, dict(client.get_registered_model(name).aliases)

@@ -36,11 +36,17 @@ def _project(sample_root: Path, tmp_path: Path, epochs: int = 20) -> Path:
 
 
 def _env(project: Path) -> dict[str, str]:
-    return {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "PREFECT_HOME": str(project / "prefect-home")}
+    return {
+        **os.environ,
+        "PATH": f"{BIN}:{os.environ['PATH']}",
+        "PREFECT_HOME": str(project / "prefect-home"),
+        "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",  # a fresh server's migrations, on a busy machine
+    }
 
 
-def _wait_for_epoch(project: Path, process: subprocess.Popen, timeout: float = 120) -> None:
-    """Until the first checkpoint is written (training is under way, and can be continued)."""
+def _wait_for_epoch(project: Path, process: subprocess.Popen, timeout: float = 300) -> None:
+    """Until the first checkpoint is written (training is under way, and can be continued); the flow starts
+    a temporary Prefect server first, which takes long on a busy machine."""
     checkpoint = project / "outputs" / "train" / "checkpoints" / "latest.pt"
     deadline = time.monotonic() + timeout
     while not checkpoint.exists():
@@ -127,3 +133,35 @@ def test_sigterm_to_the_flow_stops_the_temporary_prefect_server(sample_root, tmp
     _continue(project)
     (run,) = _runs(project)
     assert run.info.status == "FINISHED"
+
+
+def test_ctrl_c_in_the_terminal_stops_the_flow_and_its_temporary_server(sample_root, tmp_path):
+    """Ctrl+C reaches the terminal's whole process group: the temporary server must not die under the flow."""
+    project = _project(sample_root, tmp_path)
+    env = {key: value for key, value in _env(project).items() if key != "PREFECT_API_URL"}
+    flow = subprocess.Popen(
+        [sys.executable, "-m", "flows", "--project-dir", str(project)],
+        cwd=project,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # a group of its own, as a terminal gives the command it runs
+    )
+    try:
+        _wait_for_epoch(project, flow)
+        children = [p.pid for p in psutil.Process(flow.pid).children(recursive=True)]
+        assert any("uvicorn" in " ".join(psutil.Process(pid).cmdline()) for pid in children)
+        os.killpg(flow.pid, signal.SIGINT)  # what Ctrl+C sends
+        asked = time.monotonic()
+        _, err = flow.communicate(timeout=90)  # the server shares the stderr pipe: its end too
+    finally:  # a flow that hangs is not left behind (the server dies with it)
+        if flow.poll() is None:
+            os.killpg(flow.pid, signal.SIGKILL)
+            flow.wait()
+    assert flow.returncode == 130, err[-3000:]
+    assert time.monotonic() - asked < 45, err[-3000:]
+    assert "SIGINT: stopping after this step" in err and "interrupted: the MLflow run is marked KILLED" in err
+    assert "ConnectError" not in err and "Traceback" not in err, err[-3000:]
+    _assert_gone(children)
+    (run,) = _runs(project)
+    assert run.info.status == "KILLED"

@@ -118,6 +118,26 @@ def register_model(
     return str(version)
 
 
+def registered_version(tracker: Tracker, settings: Settings, run_id: str, epoch: int) -> str | None:
+    """The version ``run_id`` already registered at ``epoch``, if any: a continue after a kill between the
+    registration and the summary that records it adopts that version instead of registering a second.
+    When it is still the newest version, the alias is made to point at it (the kill may have come before
+    the alias moved), as the run that never stopped left it."""
+    cfg, client = settings.tracking, tracker.client
+    try:
+        found = client.search_model_versions(f"name='{cfg.registered_model}' and run_id='{run_id}'")
+    except MlflowException:
+        return None  # no such model yet
+    ours = [str(v.version) for v in found if v.tags.get("epoch") == str(epoch)]
+    if not ours:
+        return None
+    version = max(ours, key=int)
+    versions, aliases = _available(client, cfg.registered_model)
+    if version == versions[-1] and aliases.get(cfg.alias) != version:
+        client.set_registered_model_alias(cfg.registered_model, cfg.alias, version)
+    return version
+
+
 def _available(client: mlflow.MlflowClient, name: str) -> tuple[list[str], dict[str, str]]:
     versions = sorted((str(v.version) for v in client.search_model_versions(f"name='{name}'")), key=int)
     aliases = {alias: str(version) for alias, version in client.get_registered_model(name).aliases.items()}

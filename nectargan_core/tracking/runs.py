@@ -18,7 +18,7 @@ from nectargan_core.layout import RunPaths
 from nectargan_core.settings import PATH_KEYS, Settings, with_changes
 from nectargan_core.tracking.callback import MLflowCallback
 from nectargan_core.tracking.provenance import run_tags
-from nectargan_core.tracking.registry import RegisteredCheckpoint, register_model
+from nectargan_core.tracking.registry import RegisteredCheckpoint, register_model, registered_version
 from nectargan_core.tracking.tracker import Tracker, settings_params
 from nectargan_core.training.summary import RunSummary
 
@@ -97,6 +97,10 @@ class TrainingRun:
 
     def register(self, full_state: Path, settings: Settings, project_dir: Path, selected: Path | None) -> str:
         return register_model(self.tracker, self.run_id, full_state, settings, project_dir, selected)
+
+    def registered_version(self, settings: Settings, epoch: int) -> str | None:
+        """The version this run registered at ``epoch`` before it was killed (None: not registered)."""
+        return registered_version(self.tracker, settings, self.run_id, epoch)
 
     def log_compare_images(self, files: list[Path]) -> None:
         self.tracker.log_compare_images(self.run_id, files)

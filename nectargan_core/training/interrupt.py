@@ -70,10 +70,12 @@ def term_when_launcher_dies(poll_s: float = 0.5) -> None:
 
 
 @contextmanager
-def stop_at_step_boundary(follow_launcher: bool = False) -> Iterator[None]:
-    """SIGTERM and SIGINT ask the trainer to stop after the current step; ``follow_launcher`` also
-    turns the death of the launching process (dvc) into a SIGTERM."""
-    previous = {sig: signal.signal(sig, _handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+def stop_at_step_boundary(
+    follow_launcher: bool = False, signals: tuple[signal.Signals, ...] = (signal.SIGTERM, signal.SIGINT)
+) -> Iterator[None]:
+    """``signals`` ask the trainer to stop after the current step; ``follow_launcher`` also turns the
+    death of the launching process (dvc) into a SIGTERM."""
+    previous = {sig: signal.signal(sig, _handler) for sig in signals}
     if follow_launcher:
         term_when_launcher_dies()
     try:

@@ -25,6 +25,7 @@ from nectargan_core.files import write_atomic
 from nectargan_core.layout import RunPaths, strip_key
 from nectargan_core.settings import Settings, flatten_dotted
 from nectargan_core.training.records import truncate_after
+from nectargan_core.training.saving import after_full_state
 from nectargan_core.training.summary import registered_versions
 
 log = logging.getLogger(__name__)
@@ -192,6 +193,7 @@ def start_point(settings: Settings, paths: RunPaths, started_before: bool = Fals
         drop_epochs_after(paths, start.epoch - 1)
         if start.checkpoint.resolve() != paths.latest.resolve():  # a full snapshot: it is the latest state now
             write_atomic(paths.latest, lambda tmp: shutil.copyfile(start.checkpoint, tmp), durable=True)
+        after_full_state(settings, paths, start.state, paths.latest, rewrite=False)  # a kill may have cut them
         return start
     if start.checkpoint is not None and paths.previous.resolve() in start.checkpoint.resolve().parents:
         raise CheckpointError(

@@ -8,8 +8,6 @@ Pure library: progress goes out through ``TrainingCallback`` hooks, files go und
 from __future__ import annotations
 
 import logging
-import os
-import shutil
 import time
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -20,7 +18,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from nectargan_core.checkpoint import prune_checkpoints, save_checkpoint, snapshot_of
+from nectargan_core.checkpoint import save_checkpoint, snapshot_of
 from nectargan_core.data.dataset import first_val_pairs
 from nectargan_core.data.loaders import train_loader
 from nectargan_core.device import autocast_dtype, resolve_device
@@ -33,14 +31,15 @@ from nectargan_core.distributed import (
     mean_over_ranks,
     rank_seed,
 )
-from nectargan_core.files import compose_strip, held_lock, save_image_atomic, write_atomic
-from nectargan_core.layout import RunPaths, checkpoint_name, strip_name
+from nectargan_core.files import compose_strip, held_lock, save_image_atomic
+from nectargan_core.layout import RunPaths, strip_name
 from nectargan_core.metric_names import val_name
 from nectargan_core.settings import Settings
 from nectargan_core.training import interrupt
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 from nectargan_core.training.records import LossLog, append_epoch_row
 from nectargan_core.training.resume import architecture, start_point
+from nectargan_core.training.saving import after_full_state
 from nectargan_core.training.selection import Selection
 from nectargan_core.training.step import GANStep, Losses, LossLayout
 from nectargan_core.training.summary import RunSummary
@@ -344,15 +343,6 @@ def _save_examples(step: GANStep, examples: tuple[torch.Tensor, torch.Tensor], f
     ]
 
 
-def _link_or_copy(source: Path, target: Path) -> None:
-    """A hard link where the file system has them, else a copy."""
-    target.unlink()
-    try:
-        os.link(source, target)
-    except OSError:
-        shutil.copyfile(source, target)
-
-
 def _state(step: GANStep, settings: Settings, epoch: int, run: dict[str, str]) -> dict[str, object]:
     return {
         "run": run,
@@ -369,29 +359,10 @@ def _save_best(step: GANStep, settings: Settings, epoch: int, paths: RunPaths, r
     return save_checkpoint(paths.best_candidate(epoch), snapshot_of(_state(step, settings, epoch, run), "generator"))
 
 
-def _promote_best(paths: RunPaths, selection: Selection) -> None:
-    """With a full state written: its best epoch becomes ``best.pt``, other candidates go."""
-    candidates = paths.best_candidates()
-    chosen = candidates.get(selection.best_epoch) if selection.best_epoch is not None else None
-    if chosen is not None:
-        write_atomic(paths.best, lambda tmp: _link_or_copy(chosen, tmp))
-    for path in candidates.values():
-        path.unlink()
-
-
 def _save(
     step: GANStep, settings: Settings, epoch: int, paths: RunPaths, run: dict[str, str], selection: Selection | None
 ) -> tuple[Path, Path]:
-    """Replace the rolling full state, write this epoch's snapshot, prune old snapshots."""
-    cfg = settings.train
+    """Replace the rolling full state, then what follows it (best epoch, snapshot, pruning)."""
     state = {**_state(step, settings, epoch, run), "selection": selection.state_dict() if selection else None}
     latest = save_checkpoint(paths.latest, snapshot_of(state, "full"))
-    if selection is not None:
-        _promote_best(paths, selection)
-    snapshot = paths.snapshots / checkpoint_name(epoch)
-    if cfg.snapshot == "full":  # the same bytes as the full state: a second name, not a second copy
-        write_atomic(snapshot, lambda tmp: _link_or_copy(latest, tmp))
-    else:
-        save_checkpoint(snapshot, snapshot_of(state, cfg.snapshot, cfg.snapshot_precision))
-    prune_checkpoints(paths.snapshots, cfg.keep_checkpoints)
-    return latest, snapshot
+    return latest, after_full_state(settings, paths, state, latest)
