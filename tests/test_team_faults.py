@@ -1,8 +1,13 @@
-"""Faults a team meets: the tracking server going away in the middle of a training."""
+"""Faults a team meets: the tracking server going away in the middle of a training, and many
+trainings at once on one embedded store."""
 
 import json
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
@@ -87,3 +92,36 @@ def test_server_outage_mid_training_keeps_records_and_logs_each_epoch_once(sampl
         assert ended_away < 60, f"the end with the server away took {ended_away:.0f}s"
     finally:
         server.stop()
+
+
+def test_concurrent_runs_on_one_fresh_embedded_store(sample_root, tmp_path):
+    """4 trainings into 4 folders and a 2-job sweep at once, as `nectargan` processes, on a fresh
+    sqlite:///mlflow.db: none fails (no "database is locked", no migration race), every run is
+    complete, and the alias ends on the highest version number."""
+    settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", **{"generator.epochs": 1})
+    (tmp_path / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
+    nectargan = str(Path(sys.executable).parent / "nectargan")
+    commands = [[nectargan, "train", "-s", f"train.output_dir=outputs/t{i}"] for i in range(4)]
+    commands.append([nectargan, "sweep", "-s", "train.loss.l1=50,100", "--jobs", "2", "--register-best"])
+    env = {key: value for key, value in os.environ.items() if key != "NECTARGAN_TRACKING_URI"}
+    processes = [
+        subprocess.Popen(c, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for c in commands
+    ]
+    outputs = [process.communicate(timeout=600)[0] for process in processes]
+    for process, output in zip(processes, outputs, strict=True):
+        assert process.returncode == 0, output[-3000:]
+        assert "database is locked" not in output, output[-3000:]
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri, uri)
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    trainings = [run for run in runs if run.data.tags.get("nectargan.sweep_role") != "parent"]
+    assert len(runs) == 7 and len(trainings) == 6  # 4 trainings, the sweep's parent and its 2 children
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    for run in trainings:
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "loss/d")] == [1]
+    name, alias = settings.tracking.registered_model, settings.tracking.alias
+    versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
+    assert versions == [1, 2, 3, 4, 5]  # each training and the sweep's best child, once
+    assert str(client.get_model_version_by_alias(name, alias).version) == "5"

@@ -25,6 +25,7 @@ from nectargan_core.files import held_lock
 from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted, refuse_credentials
 from nectargan_core.tracking.provenance import file_md5
+from nectargan_core.tracking.sqlite_store import LOCKED, PatientClient, patient, use_wal
 
 if TYPE_CHECKING:
     from nectargan_core.inference.evaluate import EvaluationResult
@@ -168,6 +169,9 @@ class Tracker:
                 client = MlflowClient(uri, uri)
                 found = client.get_experiment_by_name(cfg.experiment)
                 client.search_registered_models(max_results=1)
+                if embedded(uri):  # many processes at once: see sqlite_store
+                    use_wal(Path(uri.removeprefix("sqlite:///")))
+                    client = PatientClient(client)
                 if found is not None:
                     experiment_id = found.experiment_id
                 else:
@@ -196,7 +200,8 @@ class Tracker:
         """A new run of the experiment, or ``run_id`` reopened; yields its id. It ends FINISHED, FAILED
         when the block raises, or KILLED when it is interrupted (Ctrl+C, SIGTERM). When the server does
         not answer at the end, ``away(run_id, status)`` (if given) keeps the ending for later."""
-        run = mlflow.start_run(
+        run = patient(
+            mlflow.start_run,
             run_id=run_id,
             experiment_id=None if run_id else self.experiment_id,
             tags=tags,
@@ -212,11 +217,20 @@ class Tracker:
             active = mlflow.active_run()
             if active is not None and active.info.run_id == run.info.run_id:
                 try:
-                    mlflow.end_run(status)  # leaves the run's context before it asks the server
+                    self._end_run(run.info.run_id, status)
                 except Exception as exc:
                     if away is None or not unreachable(exc):
                         raise
                     away(run.info.run_id, status)
+
+    def _end_run(self, run_id: str, status: str) -> None:
+        """Leave the run's context, then mark it ended (mlflow.end_run does both, in that order)."""
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:
+            if LOCKED not in str(exc):
+                raise
+            self.client.set_terminated(run_id, status)  # the context is left: the patient client ends it
 
     def run(self, run_id: str) -> Run | None:
         """The run of this experiment with ``run_id``, or None (deleted, elsewhere, or unknown)."""
