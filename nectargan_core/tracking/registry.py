@@ -29,6 +29,7 @@ from nectargan_core.layout import LATEST_NAME, checkpoint_epoch, checkpoint_name
 from nectargan_core.models import ModelInfo
 from nectargan_core.settings import Settings
 from nectargan_core.tracking.provenance import file_md5, git_commit, params_hash
+from nectargan_core.tracking.sqlite_store import patient
 from nectargan_core.tracking.tracker import MODEL_ARTIFACT, SNAPSHOTS_ARTIFACT, Tracker
 
 MODEL_CODE = Path(__file__).with_name("generator_model.py")
@@ -86,7 +87,8 @@ def register_model(
     state = load_checkpoint(full_state, mmap=True)
     epoch = int(state["epoch"])
     info = model_metadata(Settings.model_validate(state["settings"]), epoch)
-    logged = mlflow.pyfunc.log_model(
+    logged = patient(  # the embedded store, shared by many processes, may be locked a moment
+        mlflow.pyfunc.log_model,
         name=MODEL_ARTIFACT,
         python_model=str(MODEL_CODE),
         artifacts={CHECKPOINT_ARTIFACT: str(full_state), **({SELECTED_ARTIFACT: str(selected)} if selected else {})},

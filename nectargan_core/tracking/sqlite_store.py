@@ -10,6 +10,7 @@ does not log twice).
 
 from __future__ import annotations
 
+import logging
 import random
 import sqlite3
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 LOCKED = "database is locked"
 PATIENCE_S = 120.0  # how long a call waits for the others' writes before the error is shown
 
@@ -50,9 +52,11 @@ class PatientClient:
 
 def use_wal(database: Path) -> None:
     """Write-ahead logging for the store (kept in the file: once is enough); called under the store's lock."""
-    connection = sqlite3.connect(database, timeout=60)
+    connection = sqlite3.connect(database, timeout=10)
     try:
         if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
             connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError as exc:  # a process of an older version has it open: the next run sets it
+        log.info("%s: stays in its journal mode for now (%s)", database, exc)
     finally:
         connection.close()

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import mlflow
 import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 
 from nectargan_core.files import held_lock
@@ -247,11 +247,6 @@ class Tracker:
             [self.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1
         )
         return runs[0].info.run_id if runs else None
-
-    def log_settings(self, run_id: str, settings: Settings) -> None:
-        params = [Param(key, value) for key, value in settings_params(settings).items()]
-        for start in range(0, len(params), 100):  # MLflow's batch limit
-            self.client.log_batch(run_id, params=params[start : start + 100])
 
     # ------------------------------------------------------------ the stages after training
 
