@@ -12,6 +12,9 @@ A training run (``train.output_dir``)::
     summary.json                       where things are, the final losses, the MLflow run id
     previous/                          the earlier run, set aside by a fresh one
     parent/                            a registered checkpoint downloaded to continue from
+    mlflow_journal/records.jsonl       what the tracking server did not take while it was away (sent
+                                       when it is back, or by `nectargan runs sync`); files/ holds
+                                       copies of kept files from outside the run folder
 
 The stages after training write into the folders of the ``outputs`` settings group; dvc.yaml
 names the same paths through ``${...}`` interpolation (a test checks that they agree).
@@ -27,6 +30,7 @@ from nectargan_core.settings import Settings
 
 LATEST_NAME = "latest.pt"
 LOCK_NAME = ".nectargan.lock"
+JOURNAL_FOLDER = "mlflow_journal"
 CHECKPOINT_PATTERN = "epoch_NNNN.pt"
 STRIP_PATTERN = "epoch_NNNN_sample_KK.png"
 _CHECKPOINT = re.compile(r"^epoch_(\d{4,})\.pt$")
@@ -128,6 +132,15 @@ class RunPaths:
         return self.root / "parent"
 
     @property
+    def journal(self) -> Path:
+        """Append-only JSON lines: the records MLflow did not take yet, and which were sent since."""
+        return self.root / JOURNAL_FOLDER / "records.jsonl"
+
+    @property
+    def journal_files(self) -> Path:
+        return self.root / JOURNAL_FOLDER / "files"
+
+    @property
     def lock(self) -> Path:
         """Held while a process trains into this folder: one writer at a time."""
         return self.root / LOCK_NAME
@@ -135,7 +148,15 @@ class RunPaths:
     @property
     def records(self) -> tuple[Path, ...]:
         """What a fresh run sets aside in ``previous/``."""
-        return (self.checkpoints, self.snapshots, self.examples, self.loss_log, self.epochs, self.summary)
+        return (
+            self.checkpoints,
+            self.snapshots,
+            self.examples,
+            self.loss_log,
+            self.epochs,
+            self.summary,
+            self.journal.parent,
+        )
 
 
 @dataclass(frozen=True)

@@ -286,3 +286,40 @@ def prefect_server(env: TeamEnv) -> Iterator[str]:
     home = {"PREFECT_HOME": str(env.folder / "prefect-server-home")}
     with server(command, {**environment, **home}, f"{api}/health", env.folder / "prefect.log"):
         yield api
+
+
+class PlainMlflow:
+    """`mlflow server` on an SQLite file in ``folder`` (artifacts beside it) on a loopback port, which a
+    test stops and starts again on the same port and store (a server restart in the middle of a run)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.port = folder, free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        store = f"sqlite:///{self.folder / 'mlflow.db'}"
+        return [
+            str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
+            "--backend-store-uri", store, "--artifacts-destination", str(self.folder / "artifacts"),
+        ]  # fmt: skip
+
+    def start(self) -> None:
+        log = self.folder / "mlflow.log"
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+        with log.open("a") as out:
+            self.process = subprocess.Popen(
+                self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(f"{self.url}/health", self.process, log)
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()

@@ -91,7 +91,19 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(c.status == "failed" for c in done.children) else 0
 
 
+def _cmd_runs_sync(args: argparse.Namespace) -> int:
+    from nectargan_core.layout import RunPaths
+    from nectargan_core.tracking.journal import sync_run
+
+    settings = settings_of(args)
+    paths = RunPaths(args.output_dir) if args.output_dir else RunPaths.of(settings)
+    sent = sync_run(open_tracker(settings), paths)
+    print(f"{paths.root}: {sent} kept records sent to the tracking server; nothing is left to sync")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
+
     project_command(
         sub, "outputs", _cmd_outputs, help="where every output of the pipeline is, as the settings place it"
     )
@@ -131,3 +143,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--select-by", default="val/psnr", help="the val metric that picks the best child")
     p.add_argument("--register-best", action="store_true", help="register the best child (moves the alias)")
     p.set_defaults(func=_cmd_sweep)
+
+    runs = sub.add_parser("runs", help="a training run's records in the tracking store")
+    runs_sub = runs.add_subparsers(dest="runs_command", required=True)
+    p = project_command(
+        runs_sub, "sync", _cmd_runs_sync, help="send what a run folder kept while the tracking server was away"
+    )
+    p.add_argument("--output-dir", type=Path, default=None, help="the run folder (default: train.output_dir)")

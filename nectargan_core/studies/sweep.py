@@ -172,12 +172,12 @@ def write_report(
     return paths.report
 
 
-def register_best(tracker: Tracker, parent: str, best: ChildResult, project_dir: Path) -> str:
+def register_best(tracker: Tracker, parent: str, best: ChildResult, project_dir: Path) -> str | None:
     """Register the best child's final full state (this moves the alias) and tag the parent with it."""
     from nectargan_core.tracking.runs import reopened
 
     assert best.run_id is not None
-    with reopened(tracker, best.run_id) as run:
+    with reopened(tracker, best.run_id, RunPaths.of(best.settings)) as run:
         version = run.register(RunPaths.of(best.settings).latest, best.settings, project_dir, None)
     records.tag_best(tracker, parent, f"{best.combination.name} (run {best.run_id}, version {version})")
     return version

@@ -29,6 +29,7 @@ from nectargan_core.layout import LATEST_NAME, checkpoint_epoch, checkpoint_name
 from nectargan_core.models import ModelInfo
 from nectargan_core.settings import Settings
 from nectargan_core.tracking.provenance import file_md5, git_commit, params_hash
+from nectargan_core.tracking.sqlite_store import patient
 from nectargan_core.tracking.tracker import MODEL_ARTIFACT, SNAPSHOTS_ARTIFACT, Tracker
 
 MODEL_CODE = Path(__file__).with_name("generator_model.py")
@@ -79,13 +80,15 @@ def register_model(
     tracker: Tracker, run_id: str, full_state: Path, settings: Settings, project_dir: Path, selected: Path | None = None
 ) -> str:
     """Log the final full state beside a pyfunc of its generator, register it as a new version with
-    tags, and move the alias to it. With ``selected`` (the best validated epoch's generator) the
-    pyfunc predicts with those weights; the full state stays what continue_from resumes."""
+    tags, and move the alias (to the highest version: ``point_alias_at_newest``). With ``selected``
+    (the best validated epoch's generator) the pyfunc predicts with those weights; the full state
+    stays what continue_from resumes."""
     cfg, client = settings.tracking, tracker.client
     state = load_checkpoint(full_state, mmap=True)
     epoch = int(state["epoch"])
     info = model_metadata(Settings.model_validate(state["settings"]), epoch)
-    logged = mlflow.pyfunc.log_model(
+    logged = patient(  # the embedded store, shared by many processes, may be locked a moment
+        mlflow.pyfunc.log_model,
         name=MODEL_ARTIFACT,
         python_model=str(MODEL_CODE),
         artifacts={CHECKPOINT_ARTIFACT: str(full_state), **({SELECTED_ARTIFACT: str(selected)} if selected else {})},
@@ -114,7 +117,7 @@ def register_model(
     version = client.create_model_version(
         cfg.registered_model, logged.model_uri, run_id=run_id, tags=tags, model_id=logged.model_id
     ).version
-    client.set_registered_model_alias(cfg.registered_model, cfg.alias, version)
+    point_alias_at_newest(client, cfg.registered_model, cfg.alias)
     return str(version)
 
 
@@ -136,6 +139,17 @@ def registered_version(tracker: Tracker, settings: Settings, run_id: str, epoch:
     if version == versions[-1] and aliases.get(cfg.alias) != version:
         client.set_registered_model_alias(cfg.registered_model, cfg.alias, version)
     return version
+
+
+def point_alias_at_newest(client: mlflow.MlflowClient, name: str, alias: str) -> str:
+    """The alias ends on the model's highest version number, the newest registration, also when several
+    processes register at once: each, after creating its version, sets the alias to the highest version
+    it sees and looks again until the two agree (a stale write is corrected by the process that made it)."""
+    while True:
+        newest = str(max(int(v.version) for v in client.search_model_versions(f"name='{name}'")))
+        if str(client.get_registered_model(name).aliases.get(alias)) == newest:
+            return newest
+        client.set_registered_model_alias(name, alias, newest)
 
 
 def _available(client: mlflow.MlflowClient, name: str) -> tuple[list[str], dict[str, str]]:

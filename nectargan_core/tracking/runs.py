@@ -17,9 +17,10 @@ from nectargan_core.files import Locked, held_lock
 from nectargan_core.layout import RunPaths
 from nectargan_core.settings import PATH_KEYS, Settings, with_changes
 from nectargan_core.tracking.callback import MLflowCallback
+from nectargan_core.tracking.journal import Journal
 from nectargan_core.tracking.provenance import run_tags
 from nectargan_core.tracking.registry import RegisteredCheckpoint, register_model, registered_version
-from nectargan_core.tracking.tracker import Tracker, settings_params
+from nectargan_core.tracking.tracker import COMPARE_ARTIFACT, Tracker, settings_params, unreachable
 from nectargan_core.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -83,45 +84,84 @@ def plan_training(
 
 @dataclass(frozen=True)
 class TrainingRun:
-    """An open MLflow run of a training."""
+    """An open MLflow run of a training; what the server cannot take goes to the run's journal."""
 
     tracker: Tracker
     run_id: str
+    journal: Journal
 
     def recorder(self, settings: Settings) -> MLflowCallback:
         """The trainer's hook that logs each epoch into this run."""
-        return MLflowCallback(self.tracker, self.run_id, settings.tracking.log_checkpoints)
+        return MLflowCallback(self.journal, self.run_id, settings.tracking.log_checkpoints)
 
     def refuse_registration(self, reason: str) -> None:
-        self.tracker.client.set_tag(self.run_id, NOT_REGISTERED_TAG, reason)
+        self.journal.send({"kind": "tag", "run": self.run_id, "key": NOT_REGISTERED_TAG, "value": reason})
 
-    def register(self, full_state: Path, settings: Settings, project_dir: Path, selected: Path | None) -> str:
-        return register_model(self.tracker, self.run_id, full_state, settings, project_dir, selected)
+    def register(self, full_state: Path, settings: Settings, project_dir: Path, selected: Path | None) -> str | None:
+        """The new model version, or None when the server is away (the journal keeps the registration)."""
+        self.journal.try_again()  # the end of training: the server is asked again
+        if not self.journal.flush():
+            self.journal.send(_registration(self.run_id, full_state, settings, project_dir, selected))
+            return None
+        try:
+            return register_model(self.tracker, self.run_id, full_state, settings, project_dir, selected)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self.journal.try_again()  # sent again, idempotently: a version made before the drop is found
+            self.journal.send(_registration(self.run_id, full_state, settings, project_dir, selected))
+            return None
 
     def registered_version(self, settings: Settings, epoch: int) -> str | None:
         """The version this run registered at ``epoch`` before it was killed (None: not registered)."""
         return registered_version(self.tracker, settings, self.run_id, epoch)
 
     def log_compare_images(self, files: list[Path]) -> None:
-        self.tracker.log_compare_images(self.run_id, files)
+        for path in files:
+            self.journal.send({"kind": "artifact", "run": self.run_id, "file": str(path), "folder": COMPARE_ARTIFACT})
+
+
+def _registration(
+    run_id: str, full_state: Path, settings: Settings, project_dir: Path, selected: Path | None
+) -> dict[str, object]:
+    epoch = int(load_checkpoint(full_state, mmap=True)["epoch"])
+    return {
+        "kind": "register",
+        "run": run_id,
+        "epoch": epoch,
+        "full_state": str(full_state),
+        "selected": str(selected) if selected else None,
+        "settings": settings.model_dump(mode="json"),
+        "project": str(project_dir),
+    }
 
 
 @contextmanager
 def training_run(tracker: Tracker, plan: TrainingPlan) -> Iterator[TrainingRun]:
     """The plan's run, open while the block trains: new runs record every setting as params. It ends
-    FINISHED, FAILED when the block raises, KILLED when it is interrupted."""
+    FINISHED, FAILED when the block raises, KILLED when it is interrupted. When the server is away at
+    the end, the run's outputs are complete locally and ``ServerAway`` says how to finish logging."""
     settings = plan.settings
-    with tracker.start_run(plan.tags, settings.tracking.system_metrics, run_id=plan.reopen) as run_id:
+    journal = Journal(tracker, RunPaths.of(settings))
+
+    def keep_end(run_id: str, status: str) -> None:
+        journal.send({"kind": "end", "run": run_id, "status": status})
+
+    with tracker.start_run(plan.tags, settings.tracking.system_metrics, plan.reopen, keep_end) as run_id:
         if plan.reopen is None:
-            tracker.log_settings(run_id, settings)
-        yield TrainingRun(tracker, run_id)
+            journal.send({"kind": "params", "run": run_id, "values": settings_params(settings)})
+        yield TrainingRun(tracker, run_id, journal)
+        journal.try_again()
+        journal.flush()
+    if journal.pending():
+        raise journal.unsent_error()
 
 
 @contextmanager
-def reopened(tracker: Tracker, run_id: str) -> Iterator[TrainingRun]:
+def reopened(tracker: Tracker, run_id: str, paths: RunPaths) -> Iterator[TrainingRun]:
     """A finished run open again for a late addition (a sweep registering its best child)."""
     with tracker.start_run({}, system_metrics=False, run_id=run_id):
-        yield TrainingRun(tracker, run_id)
+        yield TrainingRun(tracker, run_id, Journal(tracker, paths))
 
 
 def _comparable(params: dict[str, str], project_dir: Path) -> dict[str, str]:

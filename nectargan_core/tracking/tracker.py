@@ -9,21 +9,23 @@ import os
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import mlflow
+import requests
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, Run
+from mlflow.entities import Metric, Run
 from mlflow.exceptions import MlflowException
 
 from nectargan_core.files import held_lock
 from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted, refuse_credentials
 from nectargan_core.tracking.provenance import file_md5
+from nectargan_core.tracking.sqlite_store import LOCKED, PatientClient, patient, use_wal
 
 if TYPE_CHECKING:
     from nectargan_core.inference.evaluate import EvaluationResult
@@ -54,6 +56,36 @@ TRACKING_URI_ENV = "NECTARGAN_TRACKING_URI"  # not MLflow's own: set_tracking_ur
 
 class TrackingUnavailable(RuntimeError):
     """The configured tracking server does not answer."""
+
+
+# MLflow's client retries a failed request for minutes by default (7 retries, backoff factor 2): a
+# training would stand still that long at every call. With a journal to fall back on, an outage
+# costs a few seconds per epoch. Set in the environment, these are the user's to change.
+OUTAGE_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+
+
+def bound_retries() -> None:
+    """Short MLflow HTTP retries for this process, unless the environment sets them."""
+    for name, value in OUTAGE_BOUNDS.items():
+        os.environ.setdefault(name, value)
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the tracking server did not answer (or answered 5xx after the retries)."""
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError)):
+        return True
+    if isinstance(exc, MlflowException):
+        text = str(exc)
+        return ("API request to" in text and "failed with exception" in text) or exc.error_code in (
+            "TEMPORARILY_UNAVAILABLE",
+            "SERVICE_UNDER_MAINTENANCE",
+        )
+    return False
 
 
 def original_project(project_dir: Path) -> Path:
@@ -119,6 +151,7 @@ class Tracker:
         """Point MLflow at the store (failing fast when a server is down); creates the experiment if needed."""
         uri = tracking_uri(cfg, project_dir)
         if uri.startswith(("http://", "https://")):
+            bound_retries()
             try:
                 with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=5):
                     pass
@@ -136,6 +169,9 @@ class Tracker:
                 client = MlflowClient(uri, uri)
                 found = client.get_experiment_by_name(cfg.experiment)
                 client.search_registered_models(max_results=1)
+                if embedded(uri):  # many processes at once: see sqlite_store
+                    use_wal(Path(uri.removeprefix("sqlite:///")))
+                    client = PatientClient(client)
                 if found is not None:
                     experiment_id = found.experiment_id
                 else:
@@ -154,21 +190,47 @@ class Tracker:
     # ------------------------------------------------------------ training runs
 
     @contextmanager
-    def start_run(self, tags: dict[str, str], system_metrics: bool, run_id: str | None = None) -> Iterator[str]:
+    def start_run(
+        self,
+        tags: dict[str, str],
+        system_metrics: bool,
+        run_id: str | None = None,
+        away: Callable[[str, str], None] | None = None,
+    ) -> Iterator[str]:
         """A new run of the experiment, or ``run_id`` reopened; yields its id. It ends FINISHED, FAILED
-        when the block raises, or KILLED when it is interrupted (Ctrl+C, SIGTERM)."""
-        with mlflow.start_run(
+        when the block raises, or KILLED when it is interrupted (Ctrl+C, SIGTERM). When the server does
+        not answer at the end, ``away(run_id, status)`` (if given) keeps the ending for later."""
+        run = patient(
+            mlflow.start_run,
             run_id=run_id,
             experiment_id=None if run_id else self.experiment_id,
             tags=tags,
             log_system_metrics=system_metrics,
-        ) as run:
-            try:
-                yield run.info.run_id
-            except BaseException as exc:
-                if not isinstance(exc, Exception):  # Ctrl+C, SIGTERM, a host's termination signal
-                    mlflow.end_run("KILLED")
+        )
+        status = "FINISHED"
+        try:
+            yield run.info.run_id
+        except BaseException as exc:
+            status = "FAILED" if isinstance(exc, Exception) else "KILLED"  # Ctrl+C, SIGTERM, a host's signal
+            raise
+        finally:
+            active = mlflow.active_run()
+            if active is not None and active.info.run_id == run.info.run_id:
+                try:
+                    self._end_run(run.info.run_id, status)
+                except Exception as exc:
+                    if away is None or not unreachable(exc):
+                        raise
+                    away(run.info.run_id, status)
+
+    def _end_run(self, run_id: str, status: str) -> None:
+        """Leave the run's context, then mark it ended (mlflow.end_run does both, in that order)."""
+        try:
+            mlflow.end_run(status)
+        except Exception as exc:
+            if LOCKED not in str(exc):
                 raise
+            self.client.set_terminated(run_id, status)  # the context is left: the patient client ends it
 
     def run(self, run_id: str) -> Run | None:
         """The run of this experiment with ``run_id``, or None (deleted, elsewhere, or unknown)."""
@@ -185,11 +247,6 @@ class Tracker:
             [self.experiment_id], filter_string, order_by=["attributes.start_time DESC"], max_results=1
         )
         return runs[0].info.run_id if runs else None
-
-    def log_settings(self, run_id: str, settings: Settings) -> None:
-        params = [Param(key, value) for key, value in settings_params(settings).items()]
-        for start in range(0, len(params), 100):  # MLflow's batch limit
-            self.client.log_batch(run_id, params=params[start : start + 100])
 
     # ------------------------------------------------------------ the stages after training
 
