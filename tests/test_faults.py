@@ -146,6 +146,17 @@ def test_a_really_full_disk_names_the_file(tmp_path):
     )
 
 
+def test_a_full_disk_in_a_library_write_names_the_file(tmp_path):
+    """A copy the way MLflow logs an artifact: the system names no file, the writer's frame does."""
+    (source := tmp_path / "latest.pt").write_bytes(b"state")
+    (store := tmp_path / "artifacts").mkdir()
+    (store / "latest.pt").symlink_to("/dev/full")
+    with pytest.raises(OSError) as info:
+        shutil.copyfile(source, store / "latest.pt")
+    assert info.value.filename is None
+    assert describe_failure(info.value).startswith(f"{store / 'latest.pt'}: No space left on device; the disk is full")
+
+
 def test_a_folder_where_a_report_goes_is_named_not_its_temp_file(project, tmp_path, capsys):
     _base, params = project
     (tmp_path / "v" / "validation.csv").mkdir(parents=True)
