@@ -4,7 +4,6 @@ and one line that names the file or key, never a traceback, and nothing written 
 import json
 import logging
 import os
-import re
 import shutil
 import sqlite3
 from pathlib import Path
@@ -367,20 +366,22 @@ def _run_folder(root: Path, summary: dict | None, state: bool = True) -> RunPath
 
 
 @pytest.mark.parametrize(
-    ("here", "needle"),
+    ("summary", "held", "advice"),
     [
-        ({"summary": None}, "never completed (it stopped before its end)"),
-        ({"summary": {"not_registered": "training diverged"}}, "never completed (it diverged)"),
-        ({"summary": {}}, "never registered"),
+        (None, "stopped before its end", "continue it with train.continue_train: true, or "),  # killed
+        ({"not_registered": "training diverged"}, "diverged", ""),
     ],
 )
-def test_no_run_with_a_full_state_replaces_a_complete_one(tmp_path, here, needle):
+def test_an_incomplete_run_with_a_full_state_never_replaces_a_complete_one(tmp_path, summary, held, advice):
     earlier = _run_folder(tmp_path / "run" / "previous", {})
-    paths = _run_folder(tmp_path / "run", **here)
+    paths = _run_folder(tmp_path / "run", summary)
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    with pytest.raises(CheckpointError, match=re.escape(needle)) as info:
+    with pytest.raises(CheckpointError) as info:
         set_aside_previous_run(paths)
-    assert str(earlier.root) in str(info.value) and "Nothing was moved" in str(info.value)
+    assert str(info.value) == (
+        f"{paths.root} holds a run that never completed (it {held}) and {earlier.root} the earlier complete run, "
+        f"which this fresh run must not replace: {advice}delete {paths.checkpoints} to start afresh. Nothing was moved."
+    )
     assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 

@@ -139,10 +139,15 @@ def set_aside_previous_run(paths: RunPaths) -> Path | None:
         )
         return kept
     if here == 1 and there == 2:
+        summary = RunSummary.read(paths.summary)
+        if summary is not None and summary.not_registered:
+            why, fix = "diverged", ""  # nothing worth continuing
+        else:
+            why, fix = "stopped before its end", "continue it with train.continue_train: true, or "
         raise CheckpointError(
-            f"{paths.root} holds a run that never completed (it {_why_incomplete(paths)}) and {paths.previous} "
-            f"the earlier complete run, which this fresh run must not replace: continue the run with "
-            f"train.continue_train: true, or delete {paths.checkpoints} to start afresh. Nothing was moved."
+            f"{paths.root} holds a run that never completed (it {why}) and {paths.previous} the earlier complete "
+            f"run, which this fresh run must not replace: {fix}delete {paths.checkpoints} to start afresh. "
+            "Nothing was moved."
         )
     if there >= 1 and not (here == 2 and registered_versions(earlier.summary)):
         raise CheckpointError(
@@ -161,13 +166,6 @@ def set_aside_previous_run(paths: RunPaths) -> Path | None:
         paths.previous,
     )
     return paths.previous if here == 2 else None
-
-
-def _why_incomplete(paths: RunPaths) -> str:
-    summary = RunSummary.read(paths.summary)
-    if summary is not None and summary.not_registered:
-        return "diverged"
-    return "stopped before its end"
 
 
 def drop_epochs_after(paths: RunPaths, epoch: int) -> None:
