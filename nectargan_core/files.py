@@ -186,7 +186,7 @@ def eight_bit(image: Image.Image) -> Image.Image:
     """A 16-bit grey image as 8-bit L (v >> 8); any other image as it is (16-bit colour PNGs are
     decoded to their high byte by PIL already)."""
     if image.mode.startswith("I;16"):
-        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8), "L")
+        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))  # 2-D uint8: mode L
     return image
 
 
