@@ -7,6 +7,7 @@ say the same thing.
 from __future__ import annotations
 
 import errno
+import io
 import shutil
 from pathlib import Path
 
@@ -36,13 +37,30 @@ def _free_space(path: str | None) -> str:
         return ""
 
 
+def _written_file(exc: BaseException) -> str | None:
+    """The file a nameless OSError was writing (a full disk names none, and neither do writes in
+    libraries such as MLflow's artifact copies): the innermost file open for writing in the frames
+    the error passed through, which the traceback keeps."""
+    frames = []
+    tb = exc.__traceback__
+    while tb is not None:
+        frames.append(tb.tb_frame)
+        tb = tb.tb_next
+    for frame in reversed(frames):
+        for value in frame.f_locals.values():
+            mode, name = getattr(value, "mode", ""), getattr(value, "name", None)
+            if isinstance(value, io.IOBase) and isinstance(name, str) and set(str(mode)) & set("wax+"):
+                return name
+    return None
+
+
 def describe_failure(exc: BaseException) -> str:
     """The message for ``exc``: as it is for our errors, with the path and advice for the system's."""
     if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
-        where = exc.filename or "a file"
+        path = exc.filename or _written_file(exc)
         advice = _OS_ADVICE.get(exc.errno or 0, "check the path and the disk")
-        space = _free_space(exc.filename) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
-        return f"{where}: {exc.strerror or exc}; {advice}{space}"
+        space = _free_space(str(path) if path else None) if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        return f"{path or 'a file the system did not name'}: {exc.strerror or exc}; {advice}{space}"
     if isinstance(exc, (FileNotFoundError, *_CLEAR)):
         return str(exc)
     name = type(exc).__name__

@@ -44,6 +44,18 @@ _UMASK = _read_umask()  # read once at import: os.umask can only be read by sett
 
 
 @contextmanager
+def naming(path: Path, *stand_ins: Path) -> Iterator[None]:
+    """Name ``path`` in an OSError raised while the block writes it: a full disk reports no file name,
+    and a write through a temp file (a stand-in) names the temp file, gone by the time the user reads it."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None or (exc.filename is not None and str(exc.filename) not in map(str, stand_ins)):
+            raise
+        raise OSError(exc.errno, exc.strerror, str(path)) from exc
+
+
+@contextmanager
 def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
     """Yield a temp path beside ``path``; on success it replaces ``path``, on error it is removed.
 
@@ -51,16 +63,18 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
     The file gets the permissions of a plain new file (umask), not mkstemp's 0600.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    with naming(path):
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     tmp = Path(name)
     os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
     try:
-        yield tmp
-        if durable:
-            with tmp.open("rb+") as handle:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
+        with naming(path, tmp):
+            yield tmp
+            if durable:
+                with tmp.open("rb+") as handle:
+                    os.fsync(handle.fileno())
+            os.replace(tmp, path)
         if durable:  # the rename itself reaches the disk with the folder's entry
             folder = os.open(path.parent, os.O_RDONLY)
             try:
@@ -125,11 +139,12 @@ def held_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
             raise Locked(
                 f"{what} is in use by {holder} (lock {path}); wait for it to finish, or use another folder"
             ) from None
-        handle.seek(0)
-        handle.truncate()
-        since = time.strftime("%Y-%m-%d %H:%M:%S")
-        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}: {' '.join(sys.argv)}")
-        handle.flush()
+        with naming(path):
+            handle.seek(0)
+            handle.truncate()
+            since = time.strftime("%Y-%m-%d %H:%M:%S")
+            handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}: {' '.join(sys.argv)}")
+            handle.flush()
         try:
             yield
         finally:
@@ -151,24 +166,37 @@ def list_images(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if is_image_file(p))
 
 
-# Modes with more than 8 bits per channel: converting them to L or RGB clips (16-bit grey turns white).
-HIGH_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16B", "I;16L", "I;16N", "RGB;16", "RGBA;16", "LA;16"})
+# 16-bit modes (as ``image_mode`` names them): read as 8 bits per channel by keeping each value's high
+# byte, v >> 8 (0x1234 -> 0x12), as PIL itself decodes 16-bit colour PNGs; scanners write these.
+SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16B", "I;16L", "I;16N", "RGB;16", "RGBA;16", "LA;16"})
+# 32-bit integer and float images: no known range to scale from, so they are refused.
+HIGH_DEPTH_MODES = frozenset({"I", "F"})
+EIGHT_BIT_NOTE = "16-bit image, read as 8 bits per channel (value >> 8)"
 
 
 def image_mode(image: Image.Image) -> str:
-    """The mode, with ``;16`` for a 16-bit colour PNG (PIL opens those as plain 8-bit RGB, silently
-    dropping the low byte). Call it before the image is loaded: the file's raw mode is read."""
+    """The mode, with ``;16`` for a 16-bit colour PNG (PIL opens those as plain 8-bit RGB, keeping the
+    high byte). Call it before the image is loaded: the file's raw mode is read."""
     raw = image.tile[0].args if image.tile else ""
     raw = raw if isinstance(raw, str) else (raw[0] if raw and isinstance(raw[0], str) else "")
     return f"{image.mode};16" if ";16" in raw and image.mode in ("RGB", "RGBA", "LA") else image.mode
 
 
+def eight_bit(image: Image.Image) -> Image.Image:
+    """A 16-bit grey image as 8-bit L (v >> 8); any other image as it is (16-bit colour PNGs are
+    decoded to their high byte by PIL already)."""
+    if image.mode.startswith("I;16"):
+        return Image.fromarray((np.asarray(image) >> 8).astype(np.uint8))  # 2-D uint8: mode L
+    return image
+
+
 def read_image(path: Path) -> Image.Image:
-    """The decoded image, or a ValueError that names the file and what to do (never PIL's traceback)."""
+    """The decoded image at 8 bits per channel (16-bit ones scaled, see ``eight_bit``), or a ValueError
+    that names the file and what to do (never PIL's traceback)."""
     try:
         with Image.open(path) as image:
             mode = image_mode(image)
-            loaded = image.copy()
+            loaded = eight_bit(image.copy())
     except (OSError, SyntaxError, ValueError) as exc:  # PIL reports bad files in all of these
         raise ValueError(
             f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
@@ -176,8 +204,7 @@ def read_image(path: Path) -> Image.Image:
         ) from None
     if mode in HIGH_DEPTH_MODES:
         raise ValueError(
-            f"{path}: a {mode} image (more than 8 bits per channel) would be clipped to 8 bits; "
-            "convert it to an 8-bit PNG or JPEG"
+            f"{path}: a {mode} image (32-bit integer or float) has no 8-bit scale; convert it to an 8-bit PNG or JPEG"
         )
     return loaded
 

@@ -10,7 +10,8 @@ A training run (``train.output_dir``)::
     loss_log.csv                       per-iteration losses (appended every ``dump_frequency`` epochs)
     epochs.csv                         one row per epoch (a DVC plot)
     summary.json                       where things are, the final losses, the MLflow run id
-    previous/                          the earlier run, set aside by a fresh one
+    previous/                          the earlier run, set aside by a fresh one (a complete one stays
+                                       until a newer run completes)
     parent/                            a registered checkpoint downloaded to continue from
     mlflow_journal/records.jsonl       what the tracking server did not take while it was away (sent
                                        when it is back, or by `nectargan runs sync`); files/ holds

@@ -774,6 +774,20 @@ def with_changes(settings: Settings, changes: dict[str, Any], source: str = "<ch
     return settings_from_dict(tree, source)
 
 
+def divergence_changes(settings: Settings) -> str:
+    """The learning-rate and loss-weight settings that differ from the defaults, as a sentence for a
+    diverged or NaN run: the user sees which of their changes to undo ('' when none differ)."""
+    keys = ["train.generator.initial", "train.generator.target", "train.generator.beta1", "train.discriminator.beta1"]
+    if settings.train.separate_schedules:
+        keys += ["train.discriminator.initial", "train.discriminator.target"]
+    keys += [f"train.loss.{name}" for name in ("gan", "l1", "l2", "sobel", "laplacian", "vgg")]
+    now = flatten_dotted(settings.model_dump(mode="json"))
+    default = flatten_dotted(Settings().model_dump(mode="json"))
+    changed = [f"{key}={now[key]:g} (default {default[key]:g})" for key in keys if now[key] != default[key]]
+    changed += [f"train.loss.schedules.{name}" for name in settings.train.loss.schedules]
+    return f" Settings changed from the defaults: {', '.join(changed)}." if changed else ""
+
+
 def _path_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
     """Dotted keys of every Path-valued setting (optional ones included)."""
     keys = []

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Literal
 
 from nectargan_core.checkpoint import find_checkpoint
 from nectargan_core.layout import EvaluationPaths, RunPaths, onnx_path
-from nectargan_core.settings import Settings
+from nectargan_core.settings import Settings, divergence_changes
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def train_stage(
     from nectargan_core.distributed import SINGLE, main_decides
     from nectargan_core.tracking.runs import plan_training, training_run
     from nectargan_core.training import interrupt
+    from nectargan_core.training.resume import refuse_nothing_to_continue
     from nectargan_core.training.summary import RunSummary, registered_versions
     from nectargan_core.training.trainer import train
 
@@ -128,6 +129,7 @@ def train_stage(
         raise ValueError("rank 0 trains in a tracking run: pass the tracker")
 
     ensure_validated(settings)
+    refuse_nothing_to_continue(settings, paths, paths.lock.exists())  # before a tracking run is opened
     plan = plan_training(tracker, settings, project_dir, parent or fetch_parent(settings, tracker), tags)
     if not main_decides(plan.finished is None, world):
         done = plan.finished
@@ -145,6 +147,7 @@ def train_stage(
                 f"{diverged}; the run is kept in {paths.root} (MLflow run {run.run_id}) but not registered, and "
                 f"{settings.tracking.registered_model}@{settings.tracking.alias} did not move. Lower the learning "
                 "rates or the loss weights (or raise train.diverged_above) and train again."
+                + divergence_changes(settings)
             )
         version = None
         if not result.history:  # nothing trained: the run may have registered this epoch before a kill

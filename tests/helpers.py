@@ -2,11 +2,16 @@
 
 Test settings: the project's own params.yaml with a few overrides, small enough for CPU tests
 (32 px crops, 8-feature networks, 3 steps per epoch on the 6-image train split of ``sample_root``);
-readers of a run folder's epoch table; a callback that cuts a run after a checkpoint."""
+readers of a run folder's epoch table; a callback that cuts a run after a checkpoint; a 16-bit PNG
+writer (PIL writes only 16-bit grey)."""
 
 import csv
+import struct
+import zlib
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from nectargan_core.settings import Settings, load_settings, with_changes
 from nectargan_core.training.callbacks import TrainingCallback
@@ -69,3 +74,15 @@ class StopAfter(TrainingCallback):
     def on_checkpoint(self, epoch: int, latest: Path, snapshot: Path | None) -> None:
         if epoch == self.epoch:
             raise KeyboardInterrupt
+
+
+def png16(values: np.ndarray) -> bytes:
+    """A 16-bit PNG of an H x W x C array (C: 1 grey, 2 grey+alpha, 3 RGB, 4 RGBA), big-endian samples."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    height, width, channels = values.shape
+    rows = b"".join(b"\x00" + values[y].astype(">u2").tobytes() for y in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 16, {1: 0, 2: 4, 3: 2, 4: 6}[channels], 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")

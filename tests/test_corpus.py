@@ -16,9 +16,7 @@ import os
 import pickle
 import shutil
 import sqlite3
-import struct
 import sys
-import zlib
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -32,7 +30,9 @@ from PIL import Image
 import nectargan_core.files as files
 import nectargan_core.training.records as records
 from nectargan_core.cli import main
-from nectargan_core.files import held_lock
+from nectargan_core.files import EIGHT_BIT_NOTE, held_lock
+
+from .helpers import png16
 
 TRAIN = "outputs/train"
 
@@ -192,20 +192,9 @@ def _lock_held(monkeypatch: pytest.MonkeyPatch, p: Path) -> AbstractContextManag
 # ----------------------------------------------------------------------------- the corpus
 
 GRAY16 = np.full((64, 128), 60000, np.uint16)
+FLOAT = np.full((64, 128), 0.5, np.float32)
 
 
-def _png16(width: int, height: int) -> bytes:
-    """A 16-bit RGB PNG (PIL cannot write one; it opens it as 8-bit RGB)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    rows = b"".join(b"\x00" + b"\xff\x00" * 3 * width for _ in range(height))
-    header = struct.pack(">IIBBBBB", width, height, 16, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
-
-
-RGB16_PNG = _png16(128, 64)
 TINY_IMAGE = np.zeros((16, 32, 3), np.uint8)
 SQUARE = np.zeros((64, 64, 3), np.uint8)
 RGB = np.zeros((16, 16, 3), np.uint8)
@@ -238,8 +227,7 @@ CASES: dict[str, Case] = {
     "truncated image": Case("validate", ("train_0003.png",), _truncate("data/train/train_0003.png")),
     "zero-byte image": Case("validate", ("train_0002.png",), _write("data/train/train_0002.png", b"")),
     "text as png": Case("validate", ("notes.png",), _write("data/train/notes.png", "hello")),
-    "16-bit image": Case("validate", ("deep.png", "8 bit"), _image("data/train/deep.png", GRAY16)),
-    "16-bit colour image": Case("validate", ("rgb16.png", "8 bit"), _write("data/train/rgb16.png", RGB16_PNG)),
+    "float image": Case("validate", ("deep.tif", "no 8-bit scale"), _image("data/train/deep.tif", FLOAT)),
     "square aligned image": Case("validate", ("square.png",), _image("data/train/square.png", SQUARE)),
     "smaller than crop": Case("validate", ("small.png",), _image("data/train/small.png", TINY_IMAGE)),
     "B without A": Case(
@@ -396,3 +384,21 @@ def test_the_corpus(name, finished_project, tmp_path, monkeypatch, capsys):
     assert {k: v for k, v in before.items() if after.get(k) != v} == {}, "something written before is gone"
     assert not (project / "PWNED").exists()
     assert not [path for path in project.rglob("*.tmp")], "temp files left behind"
+
+
+def test_16_bit_images_are_converted_and_noted(finished_project, tmp_path, monkeypatch, capsys):
+    """16-bit scans pass validation as the 8-bit images loading makes of them, and the report says so."""
+    shutil.copytree(finished_project, tmp_path / "p", symlinks=True)
+    monkeypatch.chdir(tmp_path / "p")
+    Path("data/train/rgb16.png").write_bytes(png16(np.full((64, 128, 3), 0x80FF, np.uint16)))
+    capsys.readouterr()
+    assert main(["validate"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[:2] == [
+        "dataset OK: 11 pairs, every rule passed",
+        f"note: data/train/rgb16.png: RGB;16: {EIGHT_BIT_NOTE}",
+    ]
+    report = json.loads(Path("outputs/validation/validation.json").read_text())
+    assert report["ok"] and report["converted"] == [
+        {"file": "data/train/rgb16.png", "mode": "RGB;16", "note": EIGHT_BIT_NOTE}
+    ]

@@ -2,8 +2,10 @@
 and one line that names the file or key, never a traceback, and nothing written earlier is lost."""
 
 import json
+import logging
 import os
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -11,14 +13,19 @@ import pytest
 import torch
 from PIL import Image
 
+from nectargan_core.checkpoint import CheckpointError
 from nectargan_core.cli import main
 from nectargan_core.data.validate import passed_before
 from nectargan_core.errors import describe_failure
 from nectargan_core.files import held_lock
+from nectargan_core.layout import RunPaths
 from nectargan_core.settings import SettingsError, anchored, load_settings, with_changes
 from nectargan_core.stages import DatasetInvalid, TrainingDiverged, train_stage, validate_stage
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import TrainingCallback
+from nectargan_core.training.records import append_epoch_row
+from nectargan_core.training.resume import set_aside_previous_run
+from nectargan_core.training.summary import RunSummary
 
 from .helpers import tiny_settings
 
@@ -90,8 +97,8 @@ def test_bad_images_among_the_inputs_and_a_corrupt_onnx(project, tmp_path, capsy
     args = ["predict", "--params", str(params), "--model", str(model), "--input", str(inputs)]
     _fail(capsys, [*args, "--out", str(tmp_path / "out")], str(text), "not a readable image")
     text.unlink()
-    Image.fromarray(np.full((16, 16), 60000, np.uint16)).save(deep := inputs / "deep.png")
-    _fail(capsys, [*args, "--out", str(tmp_path / "out")], str(deep), "more than 8 bits")
+    Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(deep := inputs / "deep.tif")
+    _fail(capsys, [*args, "--out", str(tmp_path / "out")], str(deep), "no 8-bit scale")
     deep.unlink()
     onnx = _file(tmp_path / "broken.onnx", b"\x00\x01garbage")
     _fail(capsys, ["predict", "--params", str(params), "--model", str(onnx), "--input", str(inputs)], str(onnx))
@@ -123,6 +130,41 @@ def test_a_full_disk_names_the_folder_and_the_free_space():
     line = describe_failure(error)
     assert line.startswith("/data/run/checkpoints/.latest.pt.x.tmp: No space left on device; the disk is full")
     assert "nothing written before was lost" in line
+
+
+def test_a_really_full_disk_names_the_file(tmp_path):
+    """/dev/full fails every write with ENOSPC, and the system names no file: the epoch table's path is put in."""
+    table = tmp_path / "run" / "epochs.csv"
+    table.parent.mkdir()
+    table.symlink_to("/dev/full")
+    with pytest.raises(OSError) as info:
+        append_epoch_row(table, {"epoch": 1})
+    assert describe_failure(info.value) == (
+        f"{table}: No space left on device; the disk is full: free space there (nothing written before was "
+        f"lost) and run again ({shutil.disk_usage(tmp_path / 'run').free / 2**20:,.0f} MiB free in {tmp_path / 'run'})"
+    )
+
+
+def test_a_full_disk_in_a_library_write_names_the_file(tmp_path):
+    """A copy the way MLflow logs an artifact: the system names no file, the writer's frame does."""
+    (source := tmp_path / "latest.pt").write_bytes(b"state")
+    (store := tmp_path / "artifacts").mkdir()
+    (store / "latest.pt").symlink_to("/dev/full")
+    with pytest.raises(OSError) as info:
+        shutil.copyfile(source, store / "latest.pt")
+    assert info.value.filename is None
+    assert describe_failure(info.value).startswith(f"{store / 'latest.pt'}: No space left on device; the disk is full")
+
+
+def test_a_folder_where_a_report_goes_is_named_not_its_temp_file(project, tmp_path, capsys):
+    _base, params = project
+    (tmp_path / "v" / "validation.csv").mkdir(parents=True)
+    err = _fail(capsys, ["validate", "--params", str(params), "-s", f"outputs.validation={tmp_path / 'v'}"])
+    assert err.strip() == (
+        f"error: {tmp_path / 'v' / 'validation.csv'}: Is a directory; it is a folder where a file was expected: "
+        "remove it or choose another path"
+    )
+    assert [p.name for p in (tmp_path / "v").iterdir()] == ["validation.csv"]  # no temp file left
 
 
 def test_an_unexpected_error_points_at_debug(capsys):
@@ -224,9 +266,10 @@ def test_training_checks_the_data_itself_when_no_fresh_report_says_it_passed(sam
 def test_a_diverged_run_is_kept_but_not_registered(sample_root, tmp_path, capsys):
     settings, tracker = _tracked(sample_root, tmp_path)
     assert train_stage(settings, tracker, tmp_path).model_version == "1"
-    wild = with_changes(settings, {"train.diverged_above": 1.0})  # the tiny run's G loss is far above 1
-    with pytest.raises(TrainingDiverged, match=r"training diverged: the mean losses of epoch 2 \(G "):
+    wild = with_changes(settings, {"train.diverged_above": 1.0, "train.loss.l1": 200.0})  # G's loss: far above 1
+    with pytest.raises(TrainingDiverged, match=r"training diverged: the mean losses of epoch 2 \(G ") as info:
         train_stage(wild, tracker, tmp_path)
+    assert str(info.value).endswith("train again. Settings changed from the defaults: train.loss.l1=200 (default 100).")
     assert [str(v.version) for v in tracker.client.search_model_versions("name='nectargan-generator'")] == ["1"]
     assert str(tracker.client.get_model_version_by_alias("nectargan-generator", "current").version) == "1"
     newest = tracker.client.search_runs([tracker.experiment_id], order_by=["attributes.start_time DESC"])[0]
@@ -259,3 +302,94 @@ def test_two_processes_create_a_fresh_store_at_once(tmp_path):
         for process in both:
             _, err = process.communicate(timeout=120)
             assert process.returncode == 0, err[-2000:]
+
+
+def _train_fails(capsys, *overrides: str) -> str:
+    assert main(["train", *(arg for o in overrides for arg in ("-s", o))]) == 2
+    err = capsys.readouterr().err
+    (line,) = [line for line in err.splitlines() if line.startswith("error: ")]
+    return line
+
+
+def test_failed_fresh_runs_in_a_row_keep_the_complete_run(finished_project, tmp_path, monkeypatch, capsys):
+    """Two fresh runs that stop on a NaN loss before their first checkpoint: the registered run before
+    them stays in previous/, which both errors name, with the changed setting to undo."""
+    shutil.copytree(finished_project, tmp_path / "p", symlinks=True)
+    monkeypatch.chdir(tmp_path / "p")
+    run, kept = Path("outputs/train"), Path("outputs/train/previous")
+    good = {name: (run / name).read_bytes() for name in ("checkpoints/latest.pt", "epochs.csv", "summary.json")}
+    for _ in range(2):
+        line = _train_fails(capsys, "train.generator.initial=1e12")
+        assert "no checkpoint had been written yet; the earlier complete run is kept in outputs/train/previous" in line
+        assert line.endswith("Settings changed from the defaults: train.generator.initial=1e+12 (default 0.0002).")
+        assert {name: (kept / name).read_bytes() for name in good} == good
+        assert not (run / "checkpoints").exists() and sorted(p.name for p in run.iterdir()) == [
+            ".nectargan.lock",
+            "loss_log.csv",
+            "previous",
+        ]
+    assert sorted(p.name for p in kept.iterdir()) == sorted(
+        ["checkpoints", "snapshots", "examples", "loss_log.csv", "epochs.csv", "summary.json"]
+    )
+
+
+def test_continue_with_nothing_to_continue_is_refused(finished_project, tmp_path, monkeypatch, capsys):
+    shutil.copytree(finished_project, tmp_path / "p", symlinks=True)
+    monkeypatch.chdir(tmp_path / "p")
+    for _ in range(2):  # the refusal leaves no lock file that would pass for a run killed early
+        line = _train_fails(capsys, "train.continue_train=true", "train.output_dir=outputs/empty")
+        assert line == (
+            "error: outputs/empty holds no checkpoint to continue (it does not exist): train without "
+            "train.continue_train, or point train.output_dir at the run to continue"
+        )
+        assert not Path("outputs/empty").exists()
+    Path("outputs/empty").mkdir()
+    assert "(it is empty)" in _train_fails(capsys, "train.continue_train=true", "train.output_dir=outputs/empty")
+    Path("outputs/empty/notes.txt").write_text("x")
+    assert "(it holds notes.txt, but no checkpoints/latest.pt)" in _train_fails(
+        capsys, "train.continue_train=true", "train.output_dir=outputs/empty"
+    )
+    with sqlite3.connect("mlflow.db") as db:
+        assert db.execute("select count(*) from runs").fetchone() == (1,)  # no tracking run was opened
+
+
+def _run_folder(root: Path, summary: dict | None, state: bool = True) -> RunPaths:
+    """Records of a run as a trainer leaves them: a full state (or none), an epoch table, a summary."""
+    paths = RunPaths(root)
+    paths.checkpoints.mkdir(parents=True)
+    if state:
+        torch.save({"epoch": 1}, paths.latest)
+    paths.epochs.write_text("epoch\n1\n")
+    if summary is not None:
+        RunSummary("x", 1, 1, None, "cpu", "float32", **summary).write(paths.summary)
+    return paths
+
+
+@pytest.mark.parametrize(
+    ("summary", "held", "advice"),
+    [
+        (None, "stopped before its end", "continue it with train.continue_train: true, or "),  # killed
+        ({"not_registered": "training diverged"}, "diverged", ""),
+    ],
+)
+def test_an_incomplete_run_with_a_full_state_never_replaces_a_complete_one(tmp_path, summary, held, advice):
+    earlier = _run_folder(tmp_path / "run" / "previous", {})
+    paths = _run_folder(tmp_path / "run", summary)
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    with pytest.raises(CheckpointError) as info:
+        set_aside_previous_run(paths)
+    assert str(info.value) == (
+        f"{paths.root} holds a run that never completed (it {held}) and {earlier.root} the earlier complete run, "
+        f"which this fresh run must not replace: {advice}delete {paths.checkpoints} to start afresh. Nothing was moved."
+    )
+    assert {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
+
+
+def test_leftovers_without_a_full_state_never_replace_a_run_with_one(tmp_path, caplog):
+    earlier = _run_folder(tmp_path / "run" / "previous", None)  # killed after a checkpoint: it can continue
+    paths = _run_folder(tmp_path / "run", None, state=False)  # stopped before its first checkpoint
+    with caplog.at_level(logging.WARNING):
+        assert set_aside_previous_run(paths) is None  # no complete run to name
+    assert earlier.latest.is_file() and earlier.epochs.read_text() == "epoch\n1\n"
+    assert sorted(p.name for p in paths.root.iterdir()) == ["previous"]
+    assert f"dropped checkpoints, epochs.csv of a run in {paths.root} that stopped before" in caplog.text

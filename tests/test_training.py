@@ -122,7 +122,7 @@ def test_changed_architecture_is_refused(sample_root, tmp_path):
 
 def test_missing_epoch_and_missing_checkpoints_are_named(sample_root, tmp_path):
     out = tmp_path / "run"
-    with pytest.raises(CheckpointError, match="no checkpoints"):
+    with pytest.raises(CheckpointError, match="holds no checkpoint to continue"):
         train(tiny_settings(sample_root, out, continue_train=True))
     train(tiny_settings(sample_root, out))
     with pytest.raises(CheckpointError, match="no checkpoint for epoch 7; available epochs: 1, 2"):
@@ -192,7 +192,8 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(sample_root, t
         train(blowup)
     message = str(info.value)
     assert "loss 'G' became inf in epoch 2" in message
-    assert str(out / "checkpoints" / "latest.pt") in message
+    assert f"the last good checkpoint is {out / 'checkpoints' / 'latest.pt'}. Lower" in message
+    assert message.endswith("Settings changed from the defaults: train.loss.l1=1e+39 (default 100).")
     assert load_checkpoint(out / "checkpoints" / "latest.pt")["epoch"] == 1
     assert [p.name for p in (out / "snapshots").iterdir()] == ["epoch_0001.pt"]
     with (out / "loss_log.csv").open() as handle:
@@ -293,11 +294,11 @@ def test_nan_weights_are_never_checkpointed(sample_root, tmp_path):
     from nectargan_core.training.trainer import _check_finite_weights
 
     step = GANStep(tiny_settings(sample_root, tmp_path), torch.device("cpu"), None)
-    _check_finite_weights(step, 1, None)  # fresh weights pass
+    _check_finite_weights(step, 1, "no checkpoint had been written yet")  # fresh weights pass
     with torch.no_grad():
         next(step.discriminator.parameters())[0] = float("nan")
-    with pytest.raises(NonFiniteLossError, match="weights became NaN or infinite in epoch 3"):
-        _check_finite_weights(step, 3, tmp_path / "epoch_0002.pt")
+    with pytest.raises(NonFiniteLossError, match=r"weights became NaN or infinite in epoch 3; .* and the last"):
+        _check_finite_weights(step, 3, f"the last good checkpoint is {tmp_path / 'epoch_0002.pt'}")
 
 
 def test_checkpoints_are_readable_by_others(sample_root, tmp_path):

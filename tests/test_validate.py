@@ -8,11 +8,12 @@ import pytest
 from PIL import Image
 
 from nectargan_core.cli import main
+from nectargan_core.data.dataset import list_pairs, load_pair
 from nectargan_core.data.validate import validate_dataset
 from nectargan_core.settings import DataSettings
 from nectargan_core.stages import DatasetInvalid, validate_stage
 
-from .helpers import project_settings
+from .helpers import png16, project_settings
 
 
 def _data(root, **kw):
@@ -143,10 +144,34 @@ def test_layout_problems_the_pair_table_cannot_show(tmp_path):
     assert "links outside data.root" in details["symlink"]
 
 
-def test_images_with_more_than_8_bits_are_refused(tmp_path):
+def test_16_bit_images_are_read_as_8_bits_and_noted(tmp_path):
+    """Validation passes them and loading reads them as v >> 8: 0x1234 -> 18, 0xFFFF -> 255, 0x00FF -> 0,
+    0x80FF -> 128, in grey (PIL's I;16) and in colour (RGB;16, which PIL decodes itself)."""
+    values = np.tile(np.array([0x1234, 0xFFFF, 0x00FF, 0x80FF], np.uint16), (32, 16))  # 32 x 64
     root = tmp_path / "deep"
     for split in ("train", "val"):
+        (root / split / "A").mkdir(parents=True)
+        (root / split / "B").mkdir()
+        Image.fromarray(values - (len(split) - 3)).save(root / split / "A" / "x.png")  # grey, 16 bits
+        (root / split / "B" / "x.png").write_bytes(png16(np.stack([values - (len(split) - 3)] * 3, axis=-1)))
+    data = _data(root, input_channels=1, output_channels=3)
+    result = validate_dataset(data, tmp_path / "report")
+    assert result.ok, result.table()
+    modes = {Path(c["file"]).relative_to(root).as_posix(): c["mode"] for c in result.converted}
+    assert modes == {"train/A/x.png": "I;16", "train/B/x.png": "RGB;16", "val/A/x.png": "I;16", "val/B/x.png": "RGB;16"}
+    assert len(json.loads(result.report_json.read_text())["converted"]) == 4
+    a, b = load_pair(list_pairs(root, "train")[0], data)
+    assert (a.mode, b.mode) == ("L", "RGB")
+    assert np.asarray(a)[0, :4].tolist() == [0x12, 0xFF, 0x00, 0x80]
+    assert np.asarray(b)[0, :4].tolist() == [[0x12] * 3, [0xFF] * 3, [0x00] * 3, [0x80] * 3]
+
+
+def test_float_images_are_refused(tmp_path):
+    root = tmp_path / "float"
+    for split in ("train", "val"):
         (root / split).mkdir(parents=True)
-        Image.fromarray(np.full((32, 64), 40000 + len(split), np.uint16)).save(root / split / "grey16.png")
+        Image.fromarray(np.full((32, 64), len(split) / 8, np.float32)).save(root / split / "f.tif")
     result = validate_dataset(_data(root, input_channels=1, output_channels=1), tmp_path / "report")
-    assert {f["rule"] for f in result.failures} == {"eight_bit"}
+    assert {(f["rule"], f["detail"]) for f in result.failures} == {
+        ("eight_bit", "a 32-bit integer or float image has no 8-bit scale: convert it to an 8-bit PNG/JPEG")
+    }

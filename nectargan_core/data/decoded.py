@@ -28,6 +28,7 @@ from torchvision.transforms import v2
 
 from nectargan_core.data.dataset import PairFiles, list_pairs, load_pair
 from nectargan_core.distributed import RankBatches, World
+from nectargan_core.files import naming
 from nectargan_core.settings import DataSettings, cpu_only_augmentations
 
 log = logging.getLogger(__name__)
@@ -112,16 +113,17 @@ def _write_mapped(folder: Path, pairs: list[PairFiles], data: DataSettings) -> N
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir(parents=True)
     shapes = {"a": data.input_channels, "b": data.output_channels}
-    arrays = {
-        name: np.lib.format.open_memmap(partial / f"{name}.npy", "w+", np.uint8, (len(pairs), size, size, c))
-        for name, c in shapes.items()
-    }
-    log.info("decoding %d pairs of %s into %s (once)", len(pairs), data.root, folder)
-    for index, files in enumerate(pairs):
-        arrays["a"][index], arrays["b"][index] = _decoded(files, data, resize)
-    for array in arrays.values():
-        array.flush()
-    (partial / "done.json").write_text(json.dumps({"pairs": len(pairs), "load_size": size}))
+    with naming(folder):  # a full disk names no file
+        arrays = {
+            name: np.lib.format.open_memmap(partial / f"{name}.npy", "w+", np.uint8, (len(pairs), size, size, c))
+            for name, c in shapes.items()
+        }
+        log.info("decoding %d pairs of %s into %s (once)", len(pairs), data.root, folder)
+        for index, files in enumerate(pairs):
+            arrays["a"][index], arrays["b"][index] = _decoded(files, data, resize)
+        for array in arrays.values():
+            array.flush()
+        (partial / "done.json").write_text(json.dumps({"pairs": len(pairs), "load_size": size}))
     try:
         partial.rename(folder)
     except OSError:  # another process finished it first

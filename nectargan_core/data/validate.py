@@ -10,7 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
@@ -19,8 +19,10 @@ from PIL import Image
 
 from nectargan_core.data.dataset import split_layout
 from nectargan_core.files import (
+    EIGHT_BIT_NOTE,
     HIGH_DEPTH_MODES,
     REQUIRED_SPLITS,
+    SIXTEEN_BIT_MODES,
     SPLITS,
     atomic_path,
     image_mode,
@@ -30,7 +32,8 @@ from nectargan_core.files import (
 from nectargan_core.layout import ValidationPaths
 from nectargan_core.settings import DataSettings
 
-_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "I;16": 1, "F": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 3, "YCbCr": 3}
+_CHANNELS = {"1": 1, "L": 1, "LA": 1, "I": 1, "F": 1, "P": 3, "RGB": 3, "RGBA": 3, "CMYK": 3, "YCbCr": 3}
+_CHANNELS |= {"I;16": 1, "I;16B": 1, "I;16L": 1, "I;16N": 1, "LA;16": 1, "RGB;16": 3, "RGBA;16": 3}
 
 
 @dataclass(frozen=True)
@@ -40,17 +43,19 @@ class ValidationResult:
     failures: list[dict[str, str]]
     report_csv: Path | None  # None when checked without writing a report
     report_json: Path | None
+    converted: list[dict[str, str]] = field(default_factory=list)  # 16-bit files read as 8 bits
 
     def table(self) -> str:
-        """The failures as a fixed-width text table (or a one-line all-clear)."""
+        """The failures as a fixed-width text table (or a one-line all-clear), then the converted files."""
+        notes = [f"note: {c['file']}: {c['mode']}: {c['note']}" for c in self.converted]
         if self.ok:
-            return f"dataset OK: {self.pairs} pairs, every rule passed"
+            return "\n".join([f"dataset OK: {self.pairs} pairs, every rule passed", *notes])
         rows = [("file", "split", "rule", "detail")] + [
             (f["file"], f["split"], f["rule"], f["detail"]) for f in self.failures
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
-        return "\n".join([f"dataset INVALID: {len(self.failures)} problem(s) in {self.pairs} pairs", *lines])
+        return "\n".join([f"dataset INVALID: {len(self.failures)} problem(s) in {self.pairs} pairs", *lines, *notes])
 
 
 def _read(path: Path) -> dict[str, object]:
@@ -180,7 +185,7 @@ def _rules(data: DataSettings) -> dict[str, tuple[pa.Check, str]]:
                 lambda df: ~readable(df) | ~(df["mode"].isin(HIGH_DEPTH_MODES) | b_mode(df).isin(HIGH_DEPTH_MODES)),
                 "eight_bit",
             ),
-            "more than 8 bits per channel (16-bit or float) would be clipped to 8 bits: convert to 8-bit PNG/JPEG",
+            "a 32-bit integer or float image has no 8-bit scale: convert it to an 8-bit PNG/JPEG",
         ),
         "large_enough": (
             check(
@@ -307,8 +312,9 @@ def validate_dataset(data: DataSettings, report_dir: Path | None) -> ValidationR
             )
 
     failures.sort(key=lambda f: (f["file"], f["rule"]))
+    converted = _sixteen_bit(manifest)
     if report_dir is None:
-        return ValidationResult(not failures, len(manifest), failures, None, None)
+        return ValidationResult(not failures, len(manifest), failures, None, None, converted)
     report = ValidationPaths(report_dir)
     with atomic_path(report.csv) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=["file", "split", "rule", "detail"])
@@ -321,6 +327,18 @@ def validate_dataset(data: DataSettings, report_dir: Path | None) -> ValidationR
         "problems": len(failures),
         "pairs_per_split": by_split,
         "fingerprint": dataset_fingerprint(data),
+        "converted": converted,
     }
     write_json_atomic(report.json, summary)
-    return ValidationResult(not failures, len(manifest), failures, report.csv, report.json)
+    return ValidationResult(not failures, len(manifest), failures, report.csv, report.json, converted)
+
+
+def _sixteen_bit(manifest: pd.DataFrame) -> list[dict[str, str]]:
+    """The 16-bit files (A files and B partners) that loading reads as 8 bits, for the report."""
+    found = [
+        {"file": str(file), "mode": str(mode), "note": EIGHT_BIT_NOTE}
+        for files, modes in (("file", "mode"), ("partner", "partner_mode"))
+        for file, mode in zip(manifest[files], manifest[modes], strict=True)
+        if pd.notna(mode) and mode in SIXTEEN_BIT_MODES
+    ]
+    return sorted(found, key=lambda c: c["file"])

@@ -14,6 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+from nectargan_core.files import write_text_atomic
 from nectargan_core.layout import RunPaths, SweepPaths
 from nectargan_core.losses.metrics import HIGHER_IS_BETTER
 from nectargan_core.metric_names import VAL_METRICS, VAL_PREFIX, val_metric
@@ -167,7 +168,7 @@ def write_report(
         images.append(grid_png)
     chosen = f"\nBest by the selected metric: **{best.combination.name}** (MLflow run {best.run_id})\n" if best else ""
     shown = "".join(f"\n![{p.stem}]({p.name})\n" for p in images)
-    paths.report.write_text(f"# Sweep {paths.root.name}\n\n{table(children)}{chosen}{shown}")
+    write_text_atomic(paths.report, f"# Sweep {paths.root.name}\n\n{table(children)}{chosen}{shown}")
     records.log_report(tracker, parent, [paths.report, *images])
     return paths.report
 

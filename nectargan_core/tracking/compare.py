@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE, RESOURCE_DOES_NOT_EXIST, ErrorCode
 from PIL import Image, ImageDraw, ImageFont
 
-from nectargan_core.files import image_grid, split_strip
+from nectargan_core.files import atomic_path, image_grid, save_image_atomic, split_strip, write_text_atomic
 from nectargan_core.layout import STRIP_PATTERN, ComparePaths, find_strips
 from nectargan_core.metric_names import VAL_PREFIX
 from nectargan_core.settings import Settings
@@ -144,14 +144,13 @@ class Leaderboard:
 
     def write(self, out_dir: Path) -> tuple[Path, Path]:
         """``leaderboard.csv`` (full precision, empty cells for missing values) and ``leaderboard.md``."""
-        out_dir.mkdir(parents=True, exist_ok=True)
         csv_path, md_path = ComparePaths(out_dir).leaderboard_csv, ComparePaths(out_dir).leaderboard_md
-        with csv_path.open("w", newline="") as handle:
+        with atomic_path(csv_path) as tmp, tmp.open("w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=self.columns)
             writer.writeheader()
             for row in self.rows:
                 writer.writerow({key: "" if value is None else value for key, value in row.items()})
-        md_path.write_text(self.to_markdown())
+        write_text_atomic(md_path, self.to_markdown())
         return csv_path, md_path
 
 
@@ -261,9 +260,7 @@ def side_by_side(client: MlflowClient, runs: Sequence[Run], out_path: Path, samp
     labels = [["input"], *(run_label(run, differing) for run in runs), ["target"]]
     for column, lines in enumerate(labels):
         canvas.paste(_label_cell(lines, cell_w, font), (column * cell_w, 0))
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
-    return out_path
+    return save_image_atomic(canvas, out_path)
 
 
 # ---------------------------------------------------------------- all together

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -226,13 +226,16 @@ def _interrupted(tracker: Tracker, settings: Settings, paths: RunPaths, project_
     cfg = settings.train
     if not cfg.continue_train or (cfg.continue_from or "").startswith("models:/"):
         return None
+    # A run began here (its lock file stays); where none did, no lock file is made: the trainer reads it.
+    started = paths.lock.exists()
+    guard = held_lock(paths.lock, f"train.output_dir {paths.root}") if started else nullcontext()
     try:
-        with held_lock(paths.lock, f"train.output_dir {paths.root}"):  # no live trainer owns that run
+        with guard:  # no live trainer owns that run
             try:
                 checkpoint = find_checkpoint(Path(cfg.continue_from or paths.checkpoints), cfg.load_epoch)
                 run_id = load_checkpoint(checkpoint, mmap=True).get("run", {}).get("mlflow_run_id")
             except CheckpointError:
-                if cfg.continue_from or not paths.lock.exists():
+                if cfg.continue_from or not started:
                     raise
                 run_id = _dead_run_of_folder(tracker, settings)  # killed before its first checkpoint
     except (CheckpointError, Locked):

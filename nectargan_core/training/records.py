@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from nectargan_core.files import atomic_path, own_copy
+from nectargan_core.files import atomic_path, naming, own_copy
 from nectargan_core.losses.weights import weighted
 from nectargan_core.metric_names import (
     IMAGES_PER_S,
@@ -47,7 +47,7 @@ EPOCH_COLUMNS = (
 def _append(path: Path, columns: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
     new = not path.exists() or path.stat().st_size == 0
     path.parent.mkdir(parents=True, exist_ok=True)
-    with own_copy(path).open("a", newline="") as handle:
+    with naming(path), own_copy(path).open("a", newline="") as handle:  # a full disk names no file
         writer = csv.writer(handle)
         if new:
             writer.writerow(columns)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +22,11 @@ from nectargan_core.checkpoint import (
     require_full_state,
 )
 from nectargan_core.files import write_atomic
-from nectargan_core.layout import RunPaths, strip_key
+from nectargan_core.layout import LOCK_NAME, RunPaths, strip_key
 from nectargan_core.settings import Settings, flatten_dotted
 from nectargan_core.training.records import truncate_after
 from nectargan_core.training.saving import after_full_state
-from nectargan_core.training.summary import registered_versions
+from nectargan_core.training.summary import RunSummary, registered_versions
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,7 @@ class StartPoint:
     """The first epoch to train, and the state and checkpoint it continues from (None when fresh).
 
     ``warm_start`` holds the network weights a fresh run starts from (``train.warm_start``).
+    ``kept`` is where the earlier complete run is, so a fresh run that fails can say so.
     """
 
     epoch: int
@@ -74,6 +75,7 @@ class StartPoint:
     checkpoint: Path | None = None
     changed: list[str] = field(default_factory=list)
     warm_start: dict[str, Any] | None = None
+    kept: Path | None = None  # where the folder's earlier complete run is kept (a fresh run's previous/)
 
 
 def _check_architecture(path: Path, state: dict[str, Any], settings: Settings, what: str) -> None:
@@ -101,17 +103,54 @@ def _load_resume_state(settings: Settings, paths: RunPaths) -> tuple[dict[str, A
     return state, path
 
 
-def set_aside_previous_run(paths: RunPaths) -> Path | None:
-    """Move an earlier run's outputs to ``output_dir/previous/``.
+def _worth(paths: RunPaths) -> int:
+    """How much a run folder's records are worth keeping: 2 complete (a full state and a summary that
+    does not say it diverged), 1 a full state of a run that never completed (killed or diverged: it can
+    still be continued), 0 leftovers without a full state (nothing to continue), -1 nothing."""
+    if paths.latest.is_file():
+        summary = RunSummary.read(paths.summary)
+        return 2 if summary is not None and summary.not_registered is None else 1
+    return 0 if any(p.exists() for p in paths.records) else -1
 
-    An older run already there is replaced only when it was registered (its final state lives in
-    the registry); otherwise nothing is moved and the error names it, so no run is ever lost.
+
+def set_aside_previous_run(paths: RunPaths) -> Path | None:
+    """Clear the folder for a fresh run: its earlier run goes to ``output_dir/previous/``.
+
+    Every complete run is kept until a newer one completes, so a chain of failed fresh runs never
+    loses the good run before them. A complete run in ``previous/`` is replaced only by a complete
+    one, and only when it was registered (its final state lives in the registry); leftovers without a
+    full state never replace a run with one (they are dropped, with a warning), and a run with a full
+    state that would be lost stops the fresh run with nothing moved. Returns ``previous/`` when it
+    holds a complete run afterwards (the fresh run's errors say where it is), else None.
     """
+    earlier = RunPaths(paths.previous)
+    here, there = _worth(paths), _worth(earlier)
+    kept = paths.previous if there == 2 else None
+    if here == -1:
+        return kept
     present = [p for p in paths.records if p.exists()]
-    if not present:
-        return None
-    occupied = paths.previous.is_dir() and any(paths.previous.iterdir())
-    if occupied and not registered_versions(RunPaths(paths.previous).summary):
+    if here == 0 and there >= 1:
+        for path in present:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        log.warning(
+            "dropped %s of a run in %s that stopped before its first checkpoint; the earlier run in %s is kept",
+            ", ".join(p.name for p in present),
+            paths.root,
+            paths.previous,
+        )
+        return kept
+    if here == 1 and there == 2:
+        summary = RunSummary.read(paths.summary)
+        if summary is not None and summary.not_registered:
+            why, fix = "diverged", ""  # nothing worth continuing
+        else:
+            why, fix = "stopped before its end", "continue it with train.continue_train: true, or "
+        raise CheckpointError(
+            f"{paths.root} holds a run that never completed (it {why}) and {paths.previous} the earlier complete "
+            f"run, which this fresh run must not replace: {fix}delete {paths.checkpoints} to start afresh. "
+            "Nothing was moved."
+        )
+    if there >= 1 and not (here == 2 and registered_versions(earlier.summary)):
         raise CheckpointError(
             f"{paths.previous} holds an earlier run that was never registered, and this fresh run would "
             f"replace it with the run now in {paths.root}: move {paths.previous} out of {paths.root} (or "
@@ -121,7 +160,13 @@ def set_aside_previous_run(paths: RunPaths) -> Path | None:
     paths.previous.mkdir(parents=True)
     for path in present:
         os.replace(path, paths.previous / path.name)
-    return paths.previous
+    log.warning(
+        "moved the earlier run's outputs in %s to %s (a fresh run never builds on them; set "
+        "train.continue_train: true to continue a run)",
+        paths.root,
+        paths.previous,
+    )
+    return paths.previous if here == 2 else None
 
 
 def drop_epochs_after(paths: RunPaths, epoch: int) -> None:
@@ -150,6 +195,32 @@ def remove_stale_temp_files(paths: RunPaths) -> list[Path]:
     for path in stale:
         path.unlink()
     return stale
+
+
+def refuse_nothing_to_continue(settings: Settings, paths: RunPaths, started_before: bool) -> None:
+    """``continue_train`` on a folder with no checkpoint where no run ever began (no lock file): a
+    mistyped folder would otherwise train a fresh run that looks continued. Call it before the lock."""
+    cfg = settings.train
+    if not cfg.continue_train or cfg.continue_from is not None or started_before:
+        return
+    if paths.latest.exists() or list_checkpoints(paths.snapshots):
+        return
+    raise CheckpointError(
+        f"{paths.root} holds no checkpoint to continue ({_holding(paths)}): train without train.continue_train, "
+        "or point train.output_dir at the run to continue"
+    )
+
+
+def _holding(paths: RunPaths) -> str:
+    if not paths.root.is_dir():
+        return "it does not exist"
+    if _worth(RunPaths(paths.previous)) >= 1:
+        return f"its earlier run is in {paths.previous}: continue it with train.continue_from={paths.previous}"
+    names = sorted(p.name + ("/" if p.is_dir() else "") for p in paths.root.iterdir() if p.name != LOCK_NAME)
+    if not names:
+        return "it is empty"
+    shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+    return f"it holds {shown}, but no {paths.latest.relative_to(paths.root)}"
 
 
 def start_point(settings: Settings, paths: RunPaths, started_before: bool = False) -> StartPoint:
@@ -200,11 +271,4 @@ def start_point(settings: Settings, paths: RunPaths, started_before: bool = Fals
             f"{start.checkpoint} lies in {paths.previous}, which this run would replace; copy it out of "
             f"{paths.root} first, or continue in another train.output_dir"
         )
-    if (previous := set_aside_previous_run(paths)) is not None:
-        log.warning(
-            "moved the earlier run's outputs in %s to %s (a fresh run never builds on them; set "
-            "train.continue_train: true to continue a run)",
-            paths.root,
-            previous,
-        )
-    return start
+    return replace(start, kept=set_aside_previous_run(paths))

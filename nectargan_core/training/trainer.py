@@ -34,11 +34,11 @@ from nectargan_core.distributed import (
 from nectargan_core.files import compose_strip, held_lock, save_image_atomic
 from nectargan_core.layout import RunPaths, strip_name
 from nectargan_core.metric_names import val_name
-from nectargan_core.settings import Settings
+from nectargan_core.settings import Settings, divergence_changes
 from nectargan_core.training import interrupt
 from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
 from nectargan_core.training.records import LossLog, append_epoch_row
-from nectargan_core.training.resume import architecture, start_point
+from nectargan_core.training.resume import architecture, refuse_nothing_to_continue, start_point
 from nectargan_core.training.saving import after_full_state
 from nectargan_core.training.selection import Selection
 from nectargan_core.training.step import GANStep, Losses, LossLayout
@@ -78,10 +78,19 @@ def _fixed_examples(settings: Settings) -> tuple[torch.Tensor, torch.Tensor] | N
     return first_val_pairs(settings.data, count)
 
 
+def _kept(last: Path | None, earlier: Path | None) -> str:
+    """What a failed run leaves to fall back on: its newest checkpoint, or the earlier complete run."""
+    if last is not None:
+        return f"the last good checkpoint is {last}"
+    fallback = f"; the earlier complete run is kept in {earlier}" if earlier else ""
+    return f"no checkpoint had been written yet{fallback}"
+
+
 def _check_finite(
-    mean: Losses, layout: LossLayout, per_step: list[torch.Tensor], epoch: int, step: int, last: Path | None
+    mean: Losses, layout: LossLayout, per_step: list[torch.Tensor], epoch: int, step: int, kept: str, settings: Settings
 ) -> None:
-    """Raise if a loss went NaN/inf, naming the loss and step where it first did (if steps are kept)."""
+    """Raise if a loss went NaN/inf, naming the loss and step where it first did (if steps are kept),
+    and the learning rates and loss weights changed from the defaults."""
     bad = mean.first_non_finite()
     if bad is None:
         return
@@ -91,21 +100,19 @@ def _check_finite(
             bad, where = first, f"step {index}"
             break
     name, value = bad
-    kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
     raise NonFiniteLossError(
         f"loss '{name}' became {value} in epoch {epoch} ({where}); training stopped and {kept}. "
-        f"Lower the learning rates or the weight of '{name}', or check the data."
+        f"Lower the learning rates or the weight of '{name}', or check the data.{divergence_changes(settings)}"
     )
 
 
-def _check_finite_weights(step: GANStep, epoch: int, last: Path | None) -> None:
+def _check_finite_weights(step: GANStep, epoch: int, kept: str) -> None:
     """Finite losses can still come with overflowing gradients; never checkpoint NaN weights."""
     params = [*step.generator.parameters(), *step.discriminator.parameters()]
     if not torch.stack([p.isfinite().all() for p in params]).all().item():
-        kept = f"the last good checkpoint is {last}" if last else "no checkpoint had been written yet"
         raise NonFiniteLossError(
             f"the network weights became NaN or infinite in epoch {epoch}; training stopped without saving and "
-            f"{kept}. Lower the learning rates or the loss weights, or use fp32."
+            f"{kept}. Lower the learning rates or the loss weights, or use fp32.{divergence_changes(step.settings)}"
         )
 
 
@@ -145,6 +152,8 @@ def train(
     """
     paths = RunPaths.of(settings)
     started_before = paths.lock.exists()  # a run began here (its lock file stays after a kill)
+    if world.is_main:
+        refuse_nothing_to_continue(settings, paths, started_before)  # before the lock file marks a start
     lock = held_lock(paths.lock, f"train.output_dir {paths.root}") if world.is_main else nullcontext()
     with lock:
         return _train(settings, paths, callbacks, run or {}, world, started_before)
@@ -200,7 +209,8 @@ def _train(
             seed = epoch_seed(settings.seed, epoch)
             torch.manual_seed(rank_seed(seed, world))  # augmentation and dropout: a stream per process
             generator.manual_seed(seed)  # the order of the samples: the same in every process
-            summary = _run_epoch(step, loader, epoch, total, loss_log, keep_steps, callbacks, last_checkpoint)
+            kept = _kept(last_checkpoint, start.kept)
+            summary = _run_epoch(step, loader, epoch, total, loss_log, keep_steps, callbacks, kept)
             if val_pairs is not None and (epoch % cfg.validate_every == 0 or epoch == total):
                 scores = validate(step.generator, val_pairs, device, step.autocast)
                 summary = replace(summary, val=scores)
@@ -227,7 +237,7 @@ def _train(
             if epoch % cfg.checkpoint_every == 0 or final:
                 if loss_log is not None:
                     loss_log.flush()  # the log always reaches the newest checkpoint, even if killed later
-                _check_finite_weights(step, epoch, last_checkpoint)
+                _check_finite_weights(step, epoch, kept)
                 if world.is_main:
                     last_checkpoint, snapshot = _save(step, settings, epoch, paths, run, selection)
                     result.checkpoint = last_checkpoint
@@ -259,7 +269,7 @@ def _run_epoch(
     loss_log: LossLog | None,
     keep_steps: bool,
     callbacks: Sequence[TrainingCallback],
-    last_checkpoint: Path | None,
+    kept: str,
 ) -> EpochSummary:
     """One epoch; under torchrun the losses shown, checked and logged are the means over the processes."""
     lr_g, lr_d = step.set_epoch(epoch)
@@ -290,7 +300,7 @@ def _run_epoch(
                 if any_rank(interrupt.requested(), world, device):  # every process stops at this step
                     raise KeyboardInterrupt
                 live = layout.unpack((mean_over_ranks(running, world) / index).tolist())
-                _check_finite(live, layout, per_step, epoch, index, last_checkpoint)
+                _check_finite(live, layout, per_step, epoch, index, kept, step.settings)
                 for cb in callbacks:
                     cb.on_progress(epoch, index, dict(live.items()))
         steps = len(loader)
@@ -300,7 +310,7 @@ def _run_epoch(
         if world.distributed and per_step:
             per_step = list(mean_over_ranks(torch.stack(per_step), world).unbind())
         seconds = time.perf_counter() - started
-        _check_finite(mean, layout, per_step, epoch, steps, last_checkpoint)
+        _check_finite(mean, layout, per_step, epoch, steps, kept, step.settings)
         complete = True
     finally:  # the epoch's rows reach the cache also when it fails or is interrupted (one process:
         # under torchrun a torn epoch's rows, of rank 0 alone, would be dropped by the continue anyway)
