@@ -169,7 +169,7 @@ def read_image(path: Path) -> Image.Image:
         with Image.open(path) as image:
             mode = image_mode(image)
             loaded = image.copy()
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports bad files in all of these
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # PIL reports bad files in all
         raise ValueError(
             f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
             "(nectargan validate lists every such file)"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,10 +60,13 @@ def _read(path: Path) -> dict[str, object]:
     try:
         data = path.read_bytes()
         facts["sha256"] = hashlib.sha256(data).hexdigest()
-        with Image.open(path) as image:
-            mode = image_mode(image)
-            image.load()
-            facts.update(width=image.width, height=image.height, mode=mode)
+        # Past Pillow's pixel limit a header alone could make us decode gigabytes: refused, not decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                mode = image_mode(image)
+                image.load()
+                facts.update(width=image.width, height=image.height, mode=mode)
     except Exception as exc:
         facts["error"] = f"{exc.__class__.__name__}: {exc}"
         facts.setdefault("sha256", pd.NA)
