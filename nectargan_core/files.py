@@ -163,6 +163,11 @@ def image_mode(image: Image.Image) -> str:
     return f"{image.mode};16" if ";16" in raw and image.mode in ("RGB", "RGBA", "LA") else image.mode
 
 
+def printable(text: str) -> str:
+    """A file named with a newline or another control character stays on its one line (escaped as Python does)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def read_image(path: Path) -> Image.Image:
     """The decoded image, or a ValueError that names the file and what to do (never PIL's traceback)."""
     try:
@@ -171,7 +176,7 @@ def read_image(path: Path) -> Image.Image:
             loaded = image.copy()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # PIL reports bad files in all
         raise ValueError(
-            f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
+            f"{printable(str(path))}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
             "(nectargan validate lists every such file)"
         ) from None
     if mode in HIGH_DEPTH_MODES:

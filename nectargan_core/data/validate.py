@@ -26,6 +26,7 @@ from nectargan_core.files import (
     atomic_path,
     image_mode,
     list_images,
+    printable,
     write_json_atomic,
 )
 from nectargan_core.layout import ValidationPaths
@@ -47,7 +48,7 @@ class ValidationResult:
         if self.ok:
             return f"dataset OK: {self.pairs} pairs, every rule passed"
         rows = [("file", "split", "rule", "detail")] + [
-            (f["file"], f["split"], f["rule"], f["detail"]) for f in self.failures
+            (printable(f["file"]), f["split"], f["rule"], printable(f["detail"])) for f in self.failures
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
