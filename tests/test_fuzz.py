@@ -28,14 +28,7 @@ from PIL import Image
 from nectargan_core.cli import main
 from nectargan_core.data.validate import validate_dataset
 from nectargan_core.files import read_image
-from nectargan_core.settings import (
-    DataSettings,
-    Settings,
-    SettingsError,
-    flatten_dotted,
-    load_settings,
-    with_changes,
-)
+from nectargan_core.settings import DataSettings, Settings, SettingsError, flatten_dotted, load_settings, with_changes
 
 from .helpers import PARAMS
 
