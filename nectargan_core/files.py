@@ -190,6 +190,11 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return image
 
 
+def printable(text: str) -> str:
+    """A file named with a newline or another control character stays on its one line (escaped as Python does)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 def read_image(path: Path) -> Image.Image:
     """The decoded image at 8 bits per channel (16-bit ones scaled, see ``eight_bit``), or a ValueError
     that names the file and what to do (never PIL's traceback)."""
@@ -197,14 +202,15 @@ def read_image(path: Path) -> Image.Image:
         with Image.open(path) as image:
             mode = image_mode(image)
             loaded = eight_bit(image.copy())
-    except (OSError, SyntaxError, ValueError) as exc:  # PIL reports bad files in all of these
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:  # PIL reports bad files in all
         raise ValueError(
-            f"{path}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
+            f"{printable(str(path))}: not a readable image ({exc.__class__.__name__}: {exc}); replace or remove it "
             "(nectargan validate lists every such file)"
         ) from None
     if mode in HIGH_DEPTH_MODES:
         raise ValueError(
-            f"{path}: a {mode} image (32-bit integer or float) has no 8-bit scale; convert it to an 8-bit PNG or JPEG"
+            f"{printable(str(path))}: a {mode} image (32-bit integer or float) has no 8-bit scale; "
+            "convert it to an 8-bit PNG or JPEG"
         )
     return loaded
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import difflib
+import re
+import reprlib
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -20,26 +22,52 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator
 
+from nectargan_core.params_yaml import ParamsLoader, yaml_problem
+
 Probability = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
+def _one_line(text: object) -> str:
+    """A problem is one line however its key or value is spelled (a newline in a YAML key, say)."""
+    return " ".join(str(text).splitlines())
+
+
 class SettingsError(ValueError):
-    """Raised with every problem found in a params file and its overrides."""
+    """Raised with every problem found in a params file and its overrides: one line per problem."""
 
     def __init__(self, source: str, problems: list[str]) -> None:
-        self.source = source
-        self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
+        self.source = _one_line(source)
+        self.problems = [_one_line(p) for p in problems]
+        if len(self.problems) == 1:
+            advice = "" if ";" in self.problems[0] else "; fix it in the params file (or the -s override) and run again"
+            super().__init__(f"{self.source}: {self.problems[0]}{advice}")
+            return
+        lines = "\n".join(f"  - {p}" for p in self.problems)
         super().__init__(
-            f"{source}: {len(problems)} problem(s) in the settings:\n{lines}\n"
+            f"{self.source}: {len(self.problems)} problems in the settings:\n{lines}\n"
             "Fix these keys in the params file (or the override) and run again."
         )
 
 
 class Strict(BaseModel):
-    """Base for every settings group: unknown keys are errors, and values never change after validation."""
+    """Base for every settings group: unknown keys are errors, and values never change after validation.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Numbers are finite (a NaN range passes every low <= high test), and text is plain: a NUL or a lone
+    surrogate would pass here and fail later in a file name or a log, far from the key."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _plain_text(cls, value: Any) -> Any:
+        if isinstance(value, str | Path):
+            if "\x00" in str(value):
+                raise ValueError("holds a NUL character (\\x00); remove it")
+            try:
+                str(value).encode()
+            except UnicodeEncodeError:
+                raise ValueError("is not valid text (a lone surrogate); retype it") from None
+        return value
 
 
 def _ordered_range(value: tuple[float, float]) -> tuple[float, float]:
@@ -272,6 +300,7 @@ class GeneratorSettings(Strict):
     n_downs: int = Field(
         6,
         ge=0,
+        le=12,
         description="Down layers between the first layer and the 1x1 bottleneck (6 = pix2pix unet_256 "
         "depth). The crop must be a multiple of 2^(n_downs + 2).",
     )
@@ -295,6 +324,7 @@ class DiscriminatorSettings(Strict):
     n_layers: int = Field(
         3,
         ge=1,
+        le=12,
         description="Stride-2 layers after the first: 3 is the classic 70x70 PatchGAN (the reference "
         "toolbox calls this n_layers 4).",
     )
@@ -442,12 +472,15 @@ class TrainSettings(Strict):
     early_stop_window: int = Field(1, ge=1, description="Validations averaged for early stopping (1: no smoothing).")
     num_examples: int = Field(4, ge=0, description="Fixed validation samples shown as input | generated | target.")
 
-    @field_validator("load_epoch")
+    @field_validator("load_epoch", mode="before")
     @classmethod
-    def _positive_epoch(cls, value: int | str) -> int | str:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("load_epoch must be a 1-based epoch number or 'latest'")
-        return value
+    def _positive_epoch(cls, value: Any) -> Any:
+        """One message for any wrong value (the union would give one per member)."""
+        if isinstance(value, str) and value.strip().isdecimal():
+            value = int(value)
+        if value == "latest" or (type(value) is int and value >= 1):
+            return value
+        raise ValueError("load_epoch must be a 1-based epoch number or 'latest'")
 
     @property
     def total_epochs(self) -> int:
@@ -517,6 +550,7 @@ class TrackingSettings(Strict):
     def _no_credentials(cls, value: str | None) -> str | None:
         if value is not None:
             refuse_credentials(value, "it")
+            urlsplit(value).port  # noqa: B018 - raises for a port that is no number or out of range
         return value
 
     @field_validator("alias")
@@ -598,8 +632,8 @@ def _cross_field_problems(settings: Settings) -> list[str]:
         )
     if gen.dropout_blocks > gen.n_downs + 1:
         problems.append(
-            f"model.generator.dropout_blocks ({gen.dropout_blocks}) exceeds the {gen.n_downs + 1} "
-            "up blocks that can hold dropout"
+            f"model.generator.dropout_blocks ({gen.dropout_blocks}) exceeds the {gen.n_downs + 1} up blocks "
+            f"of model.generator.n_downs={gen.n_downs} that can hold dropout; lower dropout_blocks"
         )
     for name, sched in settings.train.loss.schedules.items():
         key = f"train.loss.schedules.{name}"
@@ -643,15 +677,27 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60
+_SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4
+_SHORT.maxlevel = 3
+"""Echoed values are cut short: an alias bomb's list or a huge string is not printed whole."""
+
+
+def _key_part(part: object) -> str:
+    text = str(part)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
 def _describe(error: dict[str, Any]) -> str:
     loc = tuple(error["loc"])
-    key = ".".join(str(p) for p in loc)
+    key = ".".join(_key_part(p) for p in loc)
     if error["type"] == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
         close = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         hint = f" did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
         return f"{key}: unknown key.{hint} Known keys here: {', '.join(allowed)}"
-    return f"{key}: {error['msg']} (got {_masked(error.get('input'))!r})"
+    return f"{key}: {error['msg']} (got {_SHORT.repr(_masked(error.get('input')))})"
 
 
 def _masked(value: object) -> object:
@@ -668,10 +714,18 @@ def _masked(value: object) -> object:
 
 
 def _apply_override(tree: dict[str, Any], override: str) -> None:
-    if "=" not in override:
-        raise SettingsError(override, [f"override '{override}' must look like key.sub=value"])
-    dotted, raw = override.split("=", 1)
-    _set_dotted(tree, dotted.strip(), yaml.safe_load(raw))
+    source = f"-s {_SHORT.repr(override)}"
+    dotted, eq, raw = override.partition("=")
+    dotted = dotted.strip()
+    if not eq or not all(dotted.split(".")):
+        raise SettingsError(source, ["an override must look like key.sub=value (e.g. train.loss.l1=50)"])
+    try:
+        value = yaml.load(raw, Loader=ParamsLoader)
+    except yaml.YAMLError as exc:
+        raise SettingsError(
+            source, [f"{dotted}: the value is {yaml_problem(exc, raw)}; quote it if it is text"]
+        ) from None
+    _set_dotted(tree, dotted, value)
 
 
 def _drop(tree: Any, loc: tuple[Any, ...]) -> None:
@@ -692,35 +746,19 @@ def settings_from_dict(tree: dict[str, Any], source: str = "<settings>") -> Sett
     except ValidationError as exc:
         problems = [_describe(e) for e in exc.errors()]
         # Report cross-field conflicts too: validate again with the bad keys at their defaults.
+        # A conflict that names a bad key is about its default, not about what the file says: left out.
         pruned = copy.deepcopy(tree)
         for error in exc.errors():
             _drop(pruned, tuple(error["loc"]))
+        bad = [re.compile(rf"(?<![\w.]){re.escape('.'.join(map(str, e['loc'])))}(?!\w)") for e in exc.errors()]
         with contextlib.suppress(ValidationError):
-            problems += _cross_field_problems(Settings.model_validate(pruned))
+            cross = _cross_field_problems(Settings.model_validate(pruned))
+            problems += [p for p in cross if not any(key.search(p) for key in bad)]
         raise SettingsError(source, problems) from None
     problems = _cross_field_problems(settings)
     if problems:
         raise SettingsError(source, problems)
     return settings
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error, not 'the last wins'."""
-
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if key in seen:
-                raise yaml.constructor.ConstructorError(
-                    None,
-                    None,
-                    f"key '{key}' appears twice in one mapping (lines {seen[key]} and {key_node.start_mark.line + 1}); "
-                    "keep one",
-                    key_node.start_mark,
-                )
-            seen[key] = key_node.start_mark.line + 1
-        return super().construct_mapping(node, deep=deep)
 
 
 def load_settings(path: Path | str = "params.yaml", overrides: list[str] | tuple[str, ...] = ()) -> Settings:
@@ -729,9 +767,10 @@ def load_settings(path: Path | str = "params.yaml", overrides: list[str] | tuple
     if not path.is_file():
         raise SettingsError(str(path), ["the params file does not exist; pass --params PATH or create it"])
     try:
-        tree = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+        text = path.read_text()
+        tree = yaml.load(text, Loader=ParamsLoader)
     except yaml.YAMLError as exc:
-        raise SettingsError(str(path), [f"not valid YAML: {exc}"]) from None
+        raise SettingsError(str(path), [yaml_problem(exc, text)]) from None
     except UnicodeDecodeError:
         raise SettingsError(str(path), ["not a text file (not UTF-8); pass the YAML params file"]) from None
     if tree is None:
@@ -759,10 +798,10 @@ def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     *parents, leaf = dotted.split(".")
     for part in parents:
-        child = node.setdefault(part, {})
+        child = node.get(part, {})
         if not isinstance(child, dict):
-            raise SettingsError(dotted, [f"{dotted}: '{part}' is a value, not a group of settings"])
-        node = child
+            raise SettingsError(dotted, [f"'{part}' is a value, not a group of settings"])
+        node[part] = node = dict(child)  # a copy: a YAML alias shares its mapping with the anchor's key
     node[leaf] = value
 
 

@@ -3,12 +3,27 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import hypothesis
 import pytest
 
 from nectargan_core.data.sample import generate_sample_dataset
 from nectargan_core.settings import SampleDataSettings
 
 from .helpers import tiny_settings
+
+# Property-based tests draw the same examples on every machine (CI reproduces a local failure) and keep
+# no example database. The fuzz tests check each example's CPU time themselves (under a second): a
+# wall-clock deadline that tight flakes when other jobs share the CPUs, so it only catches a stall here.
+# They reuse one folder per test (tmp_path) and empty it per example: no function-scoped fixture check.
+hypothesis.settings.register_profile(
+    "nectargan",
+    derandomize=True,
+    database=None,
+    deadline=10_000,
+    print_blob=True,
+    suppress_health_check=[hypothesis.HealthCheck.function_scoped_fixture],
+)
+hypothesis.settings.load_profile("nectargan")
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from nectargan_core.files import (
     atomic_path,
     image_mode,
     list_images,
+    printable,
     write_json_atomic,
 )
 from nectargan_core.layout import ValidationPaths
@@ -51,7 +53,7 @@ class ValidationResult:
         if self.ok:
             return "\n".join([f"dataset OK: {self.pairs} pairs, every rule passed", *notes])
         rows = [("file", "split", "rule", "detail")] + [
-            (f["file"], f["split"], f["rule"], f["detail"]) for f in self.failures
+            (printable(f["file"]), f["split"], f["rule"], printable(f["detail"])) for f in self.failures
         ]
         widths = [max(len(r[i]) for r in rows) for i in range(3)]
         lines = [f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows]
@@ -64,10 +66,13 @@ def _read(path: Path) -> dict[str, object]:
     try:
         data = path.read_bytes()
         facts["sha256"] = hashlib.sha256(data).hexdigest()
-        with Image.open(path) as image:
-            mode = image_mode(image)
-            image.load()
-            facts.update(width=image.width, height=image.height, mode=mode)
+        # Past Pillow's pixel limit a header alone could make us decode gigabytes: refused, not decoded.
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                mode = image_mode(image)
+                image.load()
+                facts.update(width=image.width, height=image.height, mode=mode)
     except Exception as exc:
         facts["error"] = f"{exc.__class__.__name__}: {exc}"
         facts.setdefault("sha256", pd.NA)
