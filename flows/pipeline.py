@@ -18,16 +18,12 @@ from pathlib import Path
 from typing import ParamSpec, TypeVar
 
 from prefect import Task, flow, get_run_logger, task
-from prefect.artifacts import (
-    create_markdown_artifact,
-    create_progress_artifact,
-    create_table_artifact,
-    update_progress_artifact,
-)
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 from prefect.states import Failed
 
+from flows.artifacts import ProgressArtifact, best_effort
 from nectargan_core.checkpoint import CheckpointError
 from nectargan_core.errors import describe_failure
 from nectargan_core.inference.evaluate import EvaluationResult
@@ -46,7 +42,7 @@ from nectargan_core.stages import (
 )
 from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
 from nectargan_core.tracking.tracker import Tracker
-from nectargan_core.training.callbacks import ConsoleReporter, EpochSummary, TrainingCallback
+from nectargan_core.training.callbacks import ConsoleReporter
 
 MAX_INLINE_BYTES = 2_000_000
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
@@ -88,24 +84,6 @@ def _run(task_: Task[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
     return task_(*args, return_state=True, **kwargs).result()  # type: ignore[call-arg]
 
 
-class ProgressArtifact(TrainingCallback):
-    """Training progress as a Prefect progress artifact, updated once per epoch."""
-
-    def __init__(self) -> None:
-        self.artifact_id = None
-        self.total = 1
-
-    def on_train_start(self, start_epoch: int, total_epochs: int, changed: list[str]) -> None:
-        self.total = total_epochs
-        self.artifact_id = create_progress_artifact(
-            progress=100.0 * (start_epoch - 1) / total_epochs, key="training-progress", description="epochs done"
-        )
-
-    def on_epoch_end(self, summary: EpochSummary) -> None:
-        if self.artifact_id is not None:
-            update_progress_artifact(self.artifact_id, progress=100.0 * summary.epoch / self.total)
-
-
 @task(name="validate dataset", cache_policy=NO_CACHE)
 @clear_failure
 def validate_task(settings: Settings) -> int:
@@ -113,10 +91,11 @@ def validate_task(settings: Settings) -> int:
     try:
         result = validate_stage(settings)
     except DatasetInvalid as exc:
-        create_table_artifact(exc.result.failures, key="dataset-validation", description=exc.result.table())
+        failures, table = exc.result.failures, exc.result.table()
+        best_effort("dataset-validation", create_table_artifact, failures, key="dataset-validation", description=table)
         raise
     rows = [{"rule": "every rule", "result": "passed", "pairs": result.pairs, "report": str(result.report_csv)}]
-    create_table_artifact(rows, key="dataset-validation", description=result.table())
+    best_effort("dataset-validation", create_table_artifact, rows, key="dataset-validation", description=result.table())
     return result.pairs
 
 
@@ -158,7 +137,7 @@ def examples_task(settings: Settings, tracker: Tracker) -> list[Path]:
 @clear_failure
 def evaluate_task(settings: Settings, tracker: Tracker) -> EvaluationResult:
     result = evaluate_stage(settings, tracker)
-    create_markdown_artifact(inline_images(result.report), key="evaluation-report")
+    best_effort("evaluation-report", create_markdown_artifact, inline_images(result.report), key="evaluation-report")
     return result
 
 
@@ -224,12 +203,14 @@ def pipeline(
         exported = _run(export_task, settings, tracker) if export_onnx else None
     except Exception as exc:
         reason = describe_failure(exc)
-        create_markdown_artifact(f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {reason}\n", key="run-summary")
+        failed = f"# NectarGAN run failed\n\n**{type(exc).__name__}**: {reason}\n"
+        best_effort("run-summary", create_markdown_artifact, failed, key="run-summary")
         return Failed(message=reason, data=exc)  # type: ignore[return-value]
     except BaseException as exc:
-        create_markdown_artifact(f"# NectarGAN run stopped\n\n**{type(exc).__name__}**\n", key="run-summary")
+        stopped = f"# NectarGAN run stopped\n\n**{type(exc).__name__}**\n"
+        best_effort("run-summary", create_markdown_artifact, stopped, key="run-summary")
         raise
-    create_markdown_artifact(_summary(trained, evaluation, settings), key="run-summary")
+    best_effort("run-summary", create_markdown_artifact, _summary(trained, evaluation, settings), key="run-summary")
     get_run_logger().info("MLflow run %s, model version %s", trained.run_id, trained.model_version)
     return {
         "mlflow_run_id": trained.run_id,
@@ -278,7 +259,7 @@ def sweep_flow(
         return _run(train_child_task, child.settings, tracker, project, tags)
 
     done = sweep(tracker, project, name, paths, children, select_by, register_best, train_child=train_child)
-    create_markdown_artifact(inline_images(done.report), key="sweep-report")
+    best_effort("sweep-report", create_markdown_artifact, inline_images(done.report), key="sweep-report")
     return {
         "parent_run_id": done.parent_run_id,
         "children": {c.combination.name: {"run_id": c.run_id, "status": c.status} for c in done.children},
