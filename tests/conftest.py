@@ -104,8 +104,8 @@ def team_mlflow(team_postgres_db, team_s3_server):
 
 @pytest.fixture(scope="session")
 def team_prefect(team_postgres_db):
-    """The API URL of `prefect server start` on PostgreSQL."""
+    """`prefect server start` on PostgreSQL (a PrefectServer: ``.api``, and stop/start for a restart)."""
     from .team_stack import prefect_server
 
-    with prefect_server(team_postgres_db) as api:
-        yield api
+    with prefect_server(team_postgres_db) as prefect:
+        yield prefect

@@ -279,23 +279,85 @@ def mlflow_server(env: TeamEnv) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def prefect_server(env: TeamEnv) -> Iterator[str]:
-    """The compose `prefect` service on the PostgreSQL database. Yields its API URL."""
-    command, environment = service("prefect", env.values)
-    api = f"http://127.0.0.1:{env.values['PREFECT_PORT']}/api"
-    home = {"PREFECT_HOME": str(env.folder / "prefect-server-home")}
-    with server(command, {**environment, **home}, f"{api}/health", env.folder / "prefect.log"):
-        yield api
+def prefect_server(env: TeamEnv) -> Iterator[PrefectServer]:
+    """The compose `prefect` service on the PostgreSQL database until the block ends."""
+    prefect = PrefectServer(env)
+    try:
+        prefect.start()
+        yield prefect
+    finally:
+        prefect.stop()
 
 
-class PlainMlflow:
+class Restartable:
+    """A server in a process group of its own, which a test stops and starts again on the same port
+    and store (a restart in the middle of a run); stop() is docker's: SIGTERM, SIGKILL after ``grace``."""
+
+    url: str
+    log: Path
+    grace: float = 30
+
+    def __init__(self) -> None:
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def environment(self) -> dict[str, str]:
+        return {}
+
+    def start(self) -> None:
+        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", **self.environment()}
+        with self.log.open("a") as out:
+            self.process = subprocess.Popen(
+                self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        wait_for(f"{self.url}/health", self.process, self.log)
+
+    def stop(self, grace: float | None = None) -> None:
+        """SIGTERM, then SIGKILL after ``grace`` seconds (the class's by default; 0: kill -9 at once,
+        a crash, which ends the server's answers at a known moment)."""
+        if self.process is None or self.process.poll() is not None:
+            return
+        wait = self.grace if grace is None else grace
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGTERM if wait > 0 else signal.SIGKILL)
+        try:
+            self.process.wait(timeout=wait or None)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+
+class PrefectServer(Restartable):
+    """The compose `prefect` service (`prefect server start`) on the PostgreSQL database; ``api`` is
+    its API URL. A restart keeps the port and the database, as `docker compose restart prefect` does."""
+
+    grace = 10  # docker stop's default
+
+    def __init__(self, env: TeamEnv) -> None:
+        super().__init__()
+        self._command, self._environment = service("prefect", env.values)
+        self._environment["PREFECT_HOME"] = str(env.folder / "prefect-server-home")
+        self.api = f"http://127.0.0.1:{env.values['PREFECT_PORT']}/api"
+        self.url, self.log = self.api, env.folder / "prefect.log"
+
+    def command(self) -> list[str]:
+        return self._command
+
+    def environment(self) -> dict[str, str]:
+        return self._environment
+
+
+class PlainMlflow(Restartable):
     """`mlflow server` on an SQLite file in ``folder`` (artifacts beside it) on a loopback port, which a
     test stops and starts again on the same port and store (a server restart in the middle of a run)."""
 
     def __init__(self, folder: Path) -> None:
+        super().__init__()
         self.folder, self.port = folder, free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.process: subprocess.Popen | None = None
+        self.log = folder / "mlflow.log"
 
     def command(self) -> list[str]:
         store = f"sqlite:///{self.folder / 'mlflow.db'}"
@@ -303,23 +365,3 @@ class PlainMlflow:
             str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1",
             "--backend-store-uri", store, "--artifacts-destination", str(self.folder / "artifacts"),
         ]  # fmt: skip
-
-    def start(self) -> None:
-        log = self.folder / "mlflow.log"
-        env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-        with log.open("a") as out:
-            self.process = subprocess.Popen(
-                self.command(), env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        wait_for(f"{self.url}/health", self.process, log)
-
-    def stop(self) -> None:
-        if self.process is None or self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait()

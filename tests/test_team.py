@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -163,11 +164,38 @@ def _project_copy(destination: Path, params: dict) -> Path:
     return destination
 
 
+def _epochs_done(epochs_csv: Path) -> int:
+    return len(epochs_csv.read_text().splitlines()) - 1 if epochs_csv.exists() else 0
+
+
+def _restart_mid_training(prefect, out: Path, total: int, worker: subprocess.Popen, log: Path) -> None:
+    """Kill the Prefect server once epoch 1 is done (a crash: its answers end at once), keep it away
+    until the training has ended (summary.json; it must not wait for the server), then start it again
+    on the same port and database."""
+
+    def wait(condition, what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert worker.poll() is None, f"the worker exited while {what}:\n{log.read_text()[-3000:]}"
+            assert time.monotonic() < deadline, f"{what} took over {timeout:.0f}s:\n{log.read_text()[-3000:]}"
+            time.sleep(0.1)
+
+    wait(lambda: _epochs_done(out / "epochs.csv") >= 1, "waiting for epoch 1", 300)
+    prefect.stop(grace=0)
+    assert _epochs_done(out / "epochs.csv") < total, "the training ended before the server stopped: more epochs"
+    wait((out / "summary.json").exists, "training with the Prefect server away", 90)
+    prefect.start()
+
+
 @pytest.mark.slow
 def test_team_worker_takes_a_deployed_run_from_the_work_pool_to_completed(
     team_prefect, team_mlflow, team_env, sample_root, tmp_path
 ):
-    project = _project_copy(tmp_path / "project", tiny_settings(sample_root).model_dump(mode="json"))
+    """The compose worker's path end to end, with the Prefect server killed in the middle of the
+    training and started again: the training ends while it is away, and the flow run ends Completed."""
+    epochs = 3
+    params = tiny_settings(sample_root, **{"generator.epochs": epochs}).model_dump(mode="json")
+    project = _project_copy(tmp_path / "project", params)
     _, worker_env = service("worker", {**team_env.values, "NECTARGAN_PROJECT_DIR": str(project)})
     env = {
         **os.environ,
@@ -175,7 +203,8 @@ def test_team_worker_takes_a_deployed_run_from_the_work_pool_to_completed(
         "PREFECT_HOME": str(tmp_path / "prefect-home"),
         **worker_env,  # PREFECT_API_URL, NECTARGAN_TRACKING_URI, NECTARGAN_PROJECT_DIR, as the compose worker has them
     }
-    assert env["PREFECT_API_URL"] == team_prefect
+    api = team_prefect.api
+    assert env["PREFECT_API_URL"] == api
 
     def run(argv: list[str], timeout: float = 300) -> str:
         done = subprocess.run(argv, cwd=project, env=env, capture_output=True, text=True, timeout=timeout)
@@ -184,7 +213,7 @@ def test_team_worker_takes_a_deployed_run_from_the_work_pool_to_completed(
 
     logs = [run(documented("prefect work-pool create", team_env.values))]
     logs.append(run(documented("env -u NECTARGAN_PROJECT_DIR prefect --no-prompt deploy", team_env.values)))
-    deployments = _api(team_prefect, "deployments/filter")
+    deployments = _api(api, "deployments/filter")
     for deployment in deployments:  # the worker's own project folder, resolved when a run starts there
         step = deployment["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]
         assert step["directory"] == "{{ $NECTARGAN_PROJECT_DIR }}", deployment["name"]
@@ -198,18 +227,29 @@ def test_team_worker_takes_a_deployed_run_from_the_work_pool_to_completed(
     # The compose worker's command, once: it takes the run, runs it in a process and waits for it.
     command, _ = service("worker", team_env.values)
     assert command == documented("prefect worker start", team_env.values)
-    logs.append(run([*command, "--run-once"], timeout=600))
+    worker_log = tmp_path / "worker.log"
+    with worker_log.open("w") as out:
+        worker = subprocess.Popen([*command, "--run-once"], cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _restart_mid_training(team_prefect, project / params["train"]["output_dir"], epochs, worker, worker_log)
+        assert worker.wait(timeout=600) == 0, worker_log.read_text()[-3000:]
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    logs.append(worker_log.read_text())
 
-    with urllib.request.urlopen(f"{team_prefect}/flow_runs/{flow_run_id}", timeout=30) as response:
+    with urllib.request.urlopen(f"{api}/flow_runs/{flow_run_id}", timeout=30) as response:
         flow_run = json.loads(response.read())
     assert flow_run["state"]["type"] == "COMPLETED", flow_run["state"]
     with psycopg.connect(_dsn(team_env, "prefect")) as connection:  # the Prefect server keeps it in PostgreSQL
         (state,) = connection.execute("SELECT state_type FROM flow_run WHERE id = %s", (flow_run_id,)).fetchone()
     assert state == "COMPLETED"
-    flow_logs = json.dumps(_api(team_prefect, "logs/filter", {"limit": 200}))
+    flow_logs = json.dumps(_api(api, "logs/filter", {"limit": 200}))
     (run_id,) = set(re.findall(r"MLflow run ([0-9a-f]{32})", flow_logs))  # the flow run names its MLflow run
     client = MlflowClient(team_mlflow, team_mlflow)  # the worker found the server through NECTARGAN_TRACKING_URI
     assert client.get_run(run_id).info.status == "FINISHED"
+    assert [m.step for m in client.get_metric_history(run_id, "loss/d")] == list(range(1, epochs + 1))
     assert client.get_model_version_by_alias(MODEL, "current").run_id == run_id
 
     # No credential in the flow run's logs, its artifacts, or anything the commands printed.
@@ -217,7 +257,7 @@ def test_team_worker_takes_a_deployed_run_from_the_work_pool_to_completed(
     records.mkdir()
     (records / "printed.txt").write_text("\n".join(logs))
     (records / "logs.json").write_text(flow_logs)
-    (records / "artifacts.json").write_text(json.dumps(_api(team_prefect, "artifacts/filter")))
+    (records / "artifacts.json").write_text(json.dumps(_api(api, "artifacts/filter")))
     assert "run-summary" in (records / "artifacts.json").read_text()
     assert not _leaks(records, team_env.secrets)
 
