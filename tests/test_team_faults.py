@@ -1,5 +1,6 @@
-"""Faults a team meets: the tracking server going away in the middle of a training, and many
-trainings at once on one embedded store."""
+"""Faults a team meets: the tracking server going away in the middle of a training, many trainings
+at once on one embedded store, and a Prefect server that does not take an artifact (its restart in
+the middle of a worker's flow run is in test_team.py's worker test, on the same servers)."""
 
 import json
 import os
@@ -125,3 +126,24 @@ def test_concurrent_runs_on_one_fresh_embedded_store(sample_root, tmp_path):
     versions = sorted(int(v.version) for v in client.search_model_versions(f"name='{name}'"))
     assert versions == [1, 2, 3, 4, 5]  # each training and the sweep's best child, once
     assert str(client.get_model_version_by_alias(name, alias).version) == "5"
+
+
+@pytest.mark.filterwarnings("ignore:Artifact creation outside of a flow or task run")
+def test_an_artifact_the_prefect_server_does_not_take_costs_one_line_naming_it(capsys):
+    """A Prefect server that is away costs a view (an artifact), never the run: one warning line that
+    names the server and what to do, once per artifact, and no exception."""
+    from prefect.artifacts import create_markdown_artifact
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.artifacts import best_effort
+
+    from .team_stack import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/api"  # nothing listens there
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        for _ in range(2):
+            assert best_effort("away-check", create_markdown_artifact, "# report", key="away-check") is None
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1, lines
+    assert url in lines[0] and "away-check artifact is not updated" in lines[0]
+    assert "PREFECT_CLIENT_MAX_RETRIES" in lines[0]
