@@ -11,8 +11,6 @@ import pytest
 import torch
 
 from nectargan_core.checkpoint import load_checkpoint
-from nectargan_core.settings import with_changes
-from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
 
 from .helpers import epoch_rows, losses, tiny_settings
@@ -28,7 +26,7 @@ import json, os, signal, sys
 from pathlib import Path
 import torch
 from mlflow import MlflowClient
-from nectargan_core.settings import settings_from_dict
+from nectargan_core.settings import settings_from_dict, with_changes
 from nectargan_core.stages import train_stage
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import TrainingCallback
@@ -63,16 +61,28 @@ class Kill(TrainingCallback):
     def on_train_end(self, last, checkpoint):
         if point == "train_end": die()
 
-train_stage(settings, Tracker.connect(settings.tracking, project), project, [Kill()])
+if point == "continue":
+    settings = with_changes(settings, {"train.continue_train": True})
+result = train_stage(settings, Tracker.connect(settings.tracking, project), project, [Kill()])
+print(json.dumps({"run_id": result.run_id, "model_version": result.model_version}))
 """
+
+
+def _train(settings, project: Path, point: str, epoch: int = 0) -> subprocess.CompletedProcess:
+    """Every training of these tests runs in a fresh process, as a killed training and its continue do:
+    what other tests did inside the pytest process never reaches the numbers compared."""
+    settings_file = project / f"settings-{point}.json"
+    settings_file.write_text(json.dumps(settings.model_dump(mode="json")))
+    command = [sys.executable, "-c", VICTIM, str(settings_file), str(project), point, str(epoch)]
+    return subprocess.run(command, capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
 def reference(sample_root, tmp_path_factory):
     """The uninterrupted run."""
     project = tmp_path_factory.mktemp("uninterrupted")
-    settings = tiny_settings(sample_root, project / "outputs" / "train", **KILL_RUN)
-    train_stage(settings, Tracker.connect(settings.tracking, project), project)
+    done = _train(tiny_settings(sample_root, project / "outputs" / "train", **KILL_RUN), project, "none")
+    assert done.returncode == 0, done.stderr[-2000:]
     return project
 
 
@@ -95,23 +105,19 @@ def test_a_kill_at_a_code_point_then_continue_equals_the_run_that_never_stopped(
     sample_root, reference, tmp_path, point, epoch, select
 ):
     settings = tiny_settings(sample_root, tmp_path / "outputs" / "train", select_by=select, **KILL_RUN)
-    settings_file = tmp_path / "settings.json"
-    settings_file.write_text(json.dumps(settings.model_dump(mode="json")))
-    victim = subprocess.run(
-        [sys.executable, "-c", VICTIM, str(settings_file), str(tmp_path), point, str(epoch)],
-        capture_output=True,
-        text=True,
-    )
+    victim = _train(settings, tmp_path, point, epoch)
     assert victim.returncode == -signal.SIGKILL, victim.stderr[-2000:]
 
     tracker = Tracker.connect(settings.tracking, tmp_path)
     (killed,) = tracker.client.search_runs([tracker.experiment_id])
-    result = train_stage(with_changes(settings, {"train.continue_train": True}), tracker, tmp_path)
+    continued = _train(settings, tmp_path, "continue")
+    assert continued.returncode == 0, continued.stderr[-2000:]
+    result = json.loads(continued.stdout.splitlines()[-1])
 
-    assert result.run_id == killed.info.run_id and result.model_version == "1"  # one run, registered once
-    assert tracker.client.get_run(result.run_id).info.status == "FINISHED"
+    assert result == {"run_id": killed.info.run_id, "model_version": "1"}  # one run, registered once
+    assert tracker.client.get_run(killed.info.run_id).info.status == "FINISHED"
     for key in ("loss/g", "lr/g"):  # one value per epoch: the replayed epoch is not logged twice
-        assert [m.step for m in tracker.client.get_metric_history(result.run_id, key)] == [1, 2, 3], key
+        assert [m.step for m in tracker.client.get_metric_history(killed.info.run_id, key)] == [1, 2, 3], key
     ours, theirs = tmp_path / "outputs" / "train", reference / "outputs" / "train"
     assert losses(epoch_rows(ours)) == losses(epoch_rows(theirs))
     a, b = load_checkpoint(ours / "checkpoints" / "latest.pt"), load_checkpoint(theirs / "checkpoints" / "latest.pt")

@@ -2,20 +2,18 @@
 
 SQLite lets one process write at a time. MLflow waits for the write lock (busy_timeout), but a
 transaction that read first and then writes is refused at once with "database is locked" when
-another process wrote in between; under load that failed a training. Here the store is put in WAL
-mode once (readers no longer block the writer), and each call through the tracker's client is
-tried again while the store says it is locked (a refused transaction was rolled back, so a retry
-does not log twice).
+another process wrote in between; under load that failed a training. Here each call through the
+tracker's client is tried again while the store says it is locked (a refused transaction was rolled
+back, so a retry does not log twice). The store stays in SQLite's default journal mode: in WAL mode
+the runs of `dvc exp run --queue`'s copies did not show in a client opened before them.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-import sqlite3
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -48,15 +46,3 @@ class PatientClient:
         if not callable(attribute):
             return attribute
         return lambda *args, **kwargs: patient(attribute, *args, **kwargs)
-
-
-def use_wal(database: Path) -> None:
-    """Write-ahead logging for the store (kept in the file: once is enough); called under the store's lock."""
-    connection = sqlite3.connect(database, timeout=10)
-    try:
-        if connection.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
-            connection.execute("PRAGMA journal_mode=WAL")
-    except sqlite3.OperationalError as exc:  # a process of an older version has it open: the next run sets it
-        log.info("%s: stays in its journal mode for now (%s)", database, exc)
-    finally:
-        connection.close()

@@ -25,7 +25,7 @@ from nectargan_core.files import held_lock
 from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted, refuse_credentials
 from nectargan_core.tracking.provenance import file_md5
-from nectargan_core.tracking.sqlite_store import LOCKED, PatientClient, patient, use_wal
+from nectargan_core.tracking.sqlite_store import LOCKED, PatientClient, patient
 
 if TYPE_CHECKING:
     from nectargan_core.inference.evaluate import EvaluationResult
@@ -160,6 +160,10 @@ class Tracker:
                     f"tracking.uri {uri}: no MLflow server answers ({exc}). Start it (mlflow server --host "
                     "127.0.0.1 --port 5000 ...) or set tracking.uri: null to use the local SQLite store."
                 ) from None
+        if embedded(uri) and (database := Path(uri.removeprefix("sqlite:///"))).is_dir():  # MLflow retries ~100 s
+            raise TrackingUnavailable(
+                f"tracking store {uri}: {database} is a folder, not an SQLite file; point tracking.uri at a file"
+            )
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
         # A new SQLite store is created (its tables migrated) on first use, by the tracking store and
@@ -170,7 +174,6 @@ class Tracker:
                 found = client.get_experiment_by_name(cfg.experiment)
                 client.search_registered_models(max_results=1)
                 if embedded(uri):  # many processes at once: see sqlite_store
-                    use_wal(Path(uri.removeprefix("sqlite:///")))
                     client = PatientClient(client)
                 if found is not None:
                     experiment_id = found.experiment_id
