@@ -3,16 +3,19 @@
 Each task is a thin wrapper over a stage function of ``nectargan_core.stages`` (the same ones
 `dvc repro` runs) and passes paths, ids and small results, never models or tensors. The flow
 opens the tracking store once and hands the tracker to every task.
-Tasks are called directly, so they run on the flow's main thread: a cancelled flow run stops
-training there (Prefect turns the runner's SIGTERM into an exception, which also writes the
-cached loss log).
+Tasks are called directly, so they run on the flow's main thread. Prefect turns a SIGTERM into an
+exception wherever the flow happens to be; during training it asks for a stop after the current step
+instead, so a cancelled flow run never breaks off a write to the tracking store or a checkpoint.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import re
+import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import ParamSpec, TypeVar
@@ -43,6 +46,7 @@ from nectargan_core.stages import (
 from nectargan_core.tracking.registry import RegisteredCheckpoint, RegistryError
 from nectargan_core.tracking.tracker import Tracker
 from nectargan_core.training.callbacks import ConsoleReporter
+from nectargan_core.training.interrupt import stop_at_step_boundary
 
 MAX_INLINE_BYTES = 2_000_000
 _IMAGE = re.compile(r"!\[([^\]]*)\]\(([^)\s]+\.png)\)")
@@ -124,7 +128,14 @@ def train_task(
     """In this process, or with train.nproc_per_node > 1 in that many processes through torchrun (the
     processes fetch a registered parent themselves; their progress is in this task's output)."""
     request = TrainRequest(settings, {"prefect_flow_run_id": str(flow_run.id)})
-    return start_training(request, project_dir, tracker, [ConsoleReporter(), ProgressArtifact()], parent)
+    stop = stop_at_step_boundary(signals=(signal.SIGTERM,)) if _on_main_thread() else contextlib.nullcontext()
+    with stop:
+        return start_training(request, project_dir, tracker, [ConsoleReporter(), ProgressArtifact()], parent)
+
+
+def _on_main_thread() -> bool:
+    """Signal handlers can only be set there."""
+    return threading.current_thread() is threading.main_thread()
 
 
 @task(name="export examples", cache_policy=NO_CACHE)

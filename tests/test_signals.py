@@ -126,6 +126,7 @@ def test_sigterm_to_the_flow_stops_the_temporary_prefect_server(sample_root, tmp
     flow.send_signal(signal.SIGTERM)
     _, err = flow.communicate(timeout=60)
     assert flow.returncode == 130, err[-3000:]
+    assert "SIGTERM: stopping after this step" in err  # not broken off in the middle of a write
     assert "interrupted: the MLflow run is marked KILLED" in err
     _assert_gone(children)  # Prefect's temporary server, and any data workers
     (run,) = _runs(project)
