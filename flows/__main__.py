@@ -1,19 +1,20 @@
 """`python -m flows`: one run of the pipeline flow with params.yaml (with a temporary local Prefect
 server, in a session of its own, when PREFECT_API_URL is not set).
 
-A failure ends with one line (the traceback with --debug). Ctrl+C stops training after its step and
-SIGTERM unwinds at once; either way the training run is marked KILLED and the temporary server is
-stopped on the way out.
+A failure ends with one line (the traceback with --debug). Ctrl+C or SIGTERM stops training after its
+step (outside training SIGTERM unwinds at once); either way the training run is marked KILLED and the
+temporary server is stopped on the way out.
 """
 
 import argparse
 import signal
 import sys
 
-from nectargan_core.errors import describe_failure
+from nectargan_core.errors import exit_code
 
 
 def _interrupt(signum: int, frame: object) -> None:
+    """SIGTERM outside training (which stops after its step) unwinds at once, like Ctrl+C twice."""
     raise KeyboardInterrupt
 
 
@@ -29,23 +30,17 @@ def main(argv: list[str] | None = None) -> int:
     from flows.temporary_server import temporary_server
     from nectargan_core.training.interrupt import stop_at_step_boundary
 
-    try:  # Ctrl+C (SIGINT to the terminal's process group) stops training after a step; Prefect owns SIGTERM
+    def run() -> int:  # Ctrl+C (SIGINT to the terminal's process group) stops training after a step
         with stop_at_step_boundary(signals=(signal.SIGINT,)), temporary_server():
             pipeline(continue_from=args.continue_from, project_dir=args.project_dir)
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"error: {describe_failure(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(
-            "interrupted: the MLflow run is marked KILLED; continue with "
-            "`python -m flows --continue-from <train.output_dir>/checkpoints` "
-            "or `nectargan train -s train.continue_train=true`",
-            file=sys.stderr,
-        )
-        return 130
-    return 0
+        return 0
+
+    return exit_code(
+        run,
+        args.debug,
+        "the MLflow run is marked KILLED; continue with `python -m flows --continue-from "
+        "<train.output_dir>/checkpoints` or `nectargan train -s train.continue_train=true`",
+    )
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ from __future__ import annotations
 import errno
 import io
 import shutil
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 # Our own errors already name the file or key and what to do: they are shown as they are.
@@ -67,3 +69,18 @@ def describe_failure(exc: BaseException) -> str:
     if type(exc).__module__.startswith(("mlflow", "sqlalchemy")):
         return f"the tracking store failed ({name}: {exc}); check tracking.uri and that its server or database works"
     return f"unexpected {name}: {exc} (run again with --debug for the traceback, and report it)"
+
+
+def exit_code(entry: Callable[[], int], debug: bool, interrupted: str) -> int:
+    """Run an entry point (the CLI, the flow): its own code, 2 and one line for a failure (the traceback
+    with ``debug``), or 130 and ``interrupted`` (what was kept, how to continue) for Ctrl+C or SIGTERM."""
+    try:
+        return entry()
+    except Exception as exc:
+        if debug:
+            raise
+        print(f"error: {describe_failure(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: {interrupted}", file=sys.stderr)
+        return 130

@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-from nectargan_core.errors import describe_failure
+from nectargan_core.errors import exit_code
 
 # The commands of each family module (nectargan_core/cli/<family>.py, whose add_commands adds them).
 # Running a command imports only its family, so a DVC stage depends on that one file of the CLI.
@@ -42,13 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     command = next((arg for arg in argv if not arg.startswith("-")), None)  # --debug is the only option before it
     args = build_parser(command).parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        return args.func(args)
-    except Exception as exc:
-        if args.debug:
-            raise
-        print(f"error: {describe_failure(exc)}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted: cached losses were written; continue with -s train.continue_train=true", file=sys.stderr)
-        return 130
+    return exit_code(
+        lambda: args.func(args), args.debug, "cached losses were written; continue with -s train.continue_train=true"
+    )

@@ -13,17 +13,14 @@ if TYPE_CHECKING:
     from nectargan_core.tracking.tracker import Tracker
 
 
-def add_params_args(parser: argparse.ArgumentParser) -> None:
+def add_params_args(
+    parser: argparse.ArgumentParser,
+    metavar: str = "KEY=VALUE",
+    help: str = "override one setting, e.g. -s train.loss.l1=50 (repeatable)",
+) -> None:
+    """--params and -s/--set (repeatable, into ``overrides``); a sweep reads -s as a grid axis."""
     parser.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-    parser.add_argument(
-        "-s",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override one setting, e.g. -s train.loss.l1=50 (repeatable)",
-    )
+    parser.add_argument("-s", "--set", dest="overrides", action="append", default=[], metavar=metavar, help=help)
 
 
 def settings_of(args: argparse.Namespace) -> Settings:

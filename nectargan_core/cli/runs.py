@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from nectargan_core.cli.common import open_tracker, project_command, settings_of
+from nectargan_core.cli.common import add_params_args, open_tracker, project_command, settings_of
 
 
 def _cmd_outputs(args: argparse.Namespace) -> int:
@@ -126,15 +126,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--sweep", default=None, help="the finished children of this sweep (its name)")
 
     p = sub.add_parser("sweep", help="train a grid of settings as MLflow child runs under one parent, then compare")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"), help="params file (default: %(default)s)")
-    p.add_argument(
-        "-s",
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=V1,V2",
-        help="a grid axis: top-level commas separate the values ([1,4] stays one value); repeatable",
+    add_params_args(
+        p, "KEY=V1,V2", "a grid axis: top-level commas separate the values ([1,4] stays one value); repeatable"
     )
     p.add_argument("--base", action="append", default=[], metavar="KEY=VALUE", help="a fixed override for every child")
     p.add_argument("--file", type=Path, default=None, help="YAML of named weightings {name: {key: value}}")

@@ -99,15 +99,7 @@ class Journal:
         for key in _FILE_KEYS:  # files by absolute path until kept (then relative to the run folder)
             if record.get(key):
                 record[key] = str(Path(record[key]).resolve())
-        if not self.flush():
-            self._keep(record)
-            return False
-        try:
-            _deliver(self.tracker, record, self.paths, check=False)
-        except Exception as exc:
-            if not unreachable(exc):
-                raise
-            self._went_away(exc)
+        if not (self.flush() and self._deliver(record, check=False)):
             self._keep(record)
             return False
         return True
@@ -117,14 +109,20 @@ class Journal:
         if self.away:
             return False
         for record in self.pending():
-            try:
-                _deliver(self.tracker, record, self.paths, check=True)
-            except Exception as exc:
-                if not unreachable(exc):
-                    raise
-                self._went_away(exc)
+            if not self._deliver(record, check=True):
                 return False
             self._append({"sent": record["seq"]})
+        return True
+
+    def _deliver(self, record: dict[str, Any], check: bool) -> bool:
+        """Log ``record``; False (and the server marked away) when it does not answer."""
+        try:
+            _deliver(self.tracker, record, self.paths, check=check)
+        except Exception as exc:
+            if not unreachable(exc):
+                raise
+            self._went_away(exc)
+            return False
         return True
 
     def try_again(self) -> None:
