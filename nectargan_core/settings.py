@@ -263,7 +263,14 @@ class DataSettings(Strict):
     output_channels: Literal[1, 3] = Field(3, description="Channels of the target/generated image.")
     load_size: int = Field(286, ge=8, description="Train images are resized (bicubic) to this square size.")
     crop_size: int = Field(256, ge=8, description="Random crop size for training; val/test images are resized to it.")
-    batch_size: int = Field(1, ge=1, description="Images per training step.")
+    batch_size: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Images per training step (under torchrun, shared by the processes). Raising it speeds up an epoch on a"
+            " GPU and costs memory; pix2pix used 1, and with instance norm larger batches change the results."
+        ),
+    )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process).")
     augment: Augmentations = Field(Augmentations(), description="Training augmentations.")
     loader: Literal["auto", "workers", "device"] = Field(
@@ -296,7 +303,14 @@ Norm = Literal["instance", "batch", "none"]
 
 
 class GeneratorSettings(Strict):
-    features: int = Field(64, ge=1, description="Channels of the first layer (doubles per level up to the cap).")
+    features: int = Field(
+        64,
+        ge=1,
+        description=(
+            "Channels of the first layer (doubles per level up to the cap). Raising it makes G more capable and "
+            "each step slower and larger (compute and weights grow with its square); 64 is pix2pix."
+        ),
+    )
     n_downs: int = Field(
         6,
         ge=0,
@@ -304,8 +318,21 @@ class GeneratorSettings(Strict):
         description="Down layers between the first layer and the 1x1 bottleneck (6 = pix2pix unet_256 "
         "depth). The crop must be a multiple of 2^(n_downs + 2).",
     )
-    channel_cap: int = Field(8, ge=1, description="Channel cap as a multiple of features.")
-    block: Literal["plain", "residual"] = Field("plain", description="UNet block type.")
+    channel_cap: int = Field(
+        8,
+        ge=1,
+        description=(
+            "No layer has more than channel_cap x features channels; lowering it shrinks the deep layers, where "
+            "most of the weights are."
+        ),
+    )
+    block: Literal["plain", "residual"] = Field(
+        "plain",
+        description=(
+            "UNet block type: plain (pix2pix: conv, norm, activation) or residual (each block adds its input back: "
+            "a little slower, often steadier on deep generators)."
+        ),
+    )
     upsample: Literal["transposed", "bilinear"] = Field(
         "transposed", description="transposed: 4x4 transposed conv; bilinear: bilinear x2 + 3x3 conv."
     )
@@ -344,11 +371,39 @@ LOSS_NAMES: tuple[LossName, ...] = get_args(LossName)
 
 
 class LRSchedule(Strict):
-    epochs: int = Field(100, ge=0, description="Epochs at the initial learning rate.")
-    epochs_decay: int = Field(100, ge=0, description="Epochs over which the LR moves linearly from initial to target.")
-    initial: float = Field(2e-4, ge=0.0, description="Initial learning rate.")
-    target: float = Field(0.0, ge=0.0, description="Learning rate reached at the end of the decay.")
-    beta1: float = Field(0.5, ge=0.0, lt=1.0, description="Adam beta1 (beta2 is 0.999).")
+    epochs: int = Field(
+        100,
+        ge=0,
+        description=(
+            "Epochs at the initial learning rate. The run trains epochs + epochs_decay epochs in all; raising it "
+            "trains longer at full speed."
+        ),
+    )
+    epochs_decay: int = Field(
+        100,
+        ge=0,
+        description=(
+            "Epochs after `epochs` over which the learning rate moves linearly from initial to target (0: no decay)."
+        ),
+    )
+    initial: float = Field(
+        2e-4,
+        ge=0.0,
+        description=(
+            "Learning rate of Adam for the first `epochs` epochs. Raising it learns faster and risks divergence (a "
+            "diverged run is not registered); pix2pix used 0.0002."
+        ),
+    )
+    target: float = Field(0.0, ge=0.0, description="Learning rate at the end of the decay (0 as in pix2pix).")
+    beta1: float = Field(
+        0.5,
+        ge=0.0,
+        lt=1.0,
+        description=(
+            "Adam beta1 (beta2 is 0.999): 0.5 (pix2pix) reacts faster to the changing adversarial gradients than "
+            "Adam's usual 0.9."
+        ),
+    )
 
 
 class WeightSchedule(Strict):
@@ -365,12 +420,52 @@ class LossSettings(Strict):
     gan_mode: Literal["vanilla", "lsgan"] = Field(
         "vanilla", description="vanilla: BCE-with-logits (non-saturating); lsgan: MSE against 1/0."
     )
-    gan: float = Field(1.0, ge=0.0, description="Weight of the adversarial term of G.")
-    l1: float = Field(100.0, ge=0.0, description="Weight of mean |G(x) - y|.")
-    l2: float = Field(0.0, ge=0.0, description="Weight of mean (G(x) - y)^2.")
-    sobel: float = Field(0.0, ge=0.0, description="Weight of the L1 distance of Sobel gradient magnitudes.")
-    laplacian: float = Field(0.0, ge=0.0, description="Weight of the L1 distance of Laplacian responses.")
-    vgg: float = Field(0.0, ge=0.0, description="Weight of the VGG19 perceptual L1 (relu1_2, relu2_2, relu3_3).")
+    gan: float = Field(
+        1.0,
+        ge=0.0,
+        description=(
+            "Weight of the adversarial term of G: what makes outputs sharp and plausible; raising it relative to l1"
+            " gives crisper, less faithful images and less stable training."
+        ),
+    )
+    l1: float = Field(
+        100.0,
+        ge=0.0,
+        description=(
+            "Weight of mean |G(x) - y|: keeps outputs close to the target pixel for pixel; raising it gives "
+            "faithful but blurrier images (pix2pix used 100)."
+        ),
+    )
+    l2: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of mean (G(x) - y)^2: like l1, punishes large errors more and blurs more (0: off).",
+    )
+    sobel: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "Weight of the L1 distance of Sobel gradient magnitudes: asks for the target's edges where they are; "
+            "raising it sharpens edges and can add halos (0: off)."
+        ),
+    )
+    laplacian: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "Weight of the L1 distance of Laplacian responses: asks for the target's fine detail and texture; "
+            "sensitive to noise (0: off)."
+        ),
+    )
+    vgg: float = Field(
+        0.0,
+        ge=0.0,
+        description=(
+            "Weight of the VGG19 perceptual L1 (relu1_2, relu2_2, relu3_3): outputs that look alike to a "
+            "classifier, textures over exact pixels. Costs a VGG19 forward and backward per step and needs its "
+            "weights (vgg_weights) (0: off)."
+        ),
+    )
     vgg_normalize: Literal["imagenet", "raw"] = Field(
         "imagenet", description="imagenet: map [-1, 1] to ImageNet normalisation before VGG; raw: feed as is."
     )
@@ -384,16 +479,42 @@ class LossSettings(Strict):
 
 
 class LoggingSettings(Strict):
-    log_losses: bool = Field(True, description="Cache per-iteration loss values and write them to the loss log.")
-    dump_frequency: int = Field(5, ge=1, description="Every how many epochs the cache is appended to the loss log.")
+    log_losses: bool = Field(
+        True,
+        description=(
+            "Keep every iteration's loss values and write them to loss_log.csv (for `nectargan loss-graphs`); off "
+            "saves a little time and disk, the per-epoch means stay."
+        ),
+    )
+    dump_frequency: int = Field(
+        5,
+        ge=1,
+        description=(
+            "Every how many epochs the cached values are appended to the loss log (and at the end or on a stop). "
+            "Lower it to see the log grow sooner; each write costs a file append."
+        ),
+    )
     progress_every: int = Field(
         20, ge=1, description="Steps between live-loss reads for the progress bar (each read syncs with the device)."
     )
 
 
 class TrainSettings(Strict):
-    continue_train: bool = Field(False, description="Continue from an earlier set of checkpoints.")
-    load_epoch: int | Literal["latest"] = Field("latest", description="Epoch checkpoint to load when continuing.")
+    continue_train: bool = Field(
+        False,
+        description=(
+            "Continue the run in train.output_dir from its checkpoints (the same MLflow run, bit for bit where the "
+            "uninterrupted run would be); refused when there is nothing to continue. To continue from the registry,"
+            " use continue_from."
+        ),
+    )
+    load_epoch: int | Literal["latest"] = Field(
+        "latest",
+        description=(
+            "Which checkpoint a continue loads: latest (checkpoints/latest.pt) or an epoch number whose full "
+            "snapshot is kept (train.snapshot: full)."
+        ),
+    )
     continue_from: str | None = Field(
         None,
         description="A registered checkpoint (models:/NAME@ALIAS or models:/NAME/VERSION) or a local "
@@ -433,7 +554,12 @@ class TrainSettings(Strict):
         "replaced and a snapshot snapshots/epoch_NNNN.pt is written.",
     )
     keep_checkpoints: int = Field(
-        2, ge=1, description="How many of the newest snapshots stay on disk; older ones are deleted."
+        2,
+        ge=1,
+        description=(
+            "How many of the newest snapshots stay on disk; older ones are deleted. Raising it keeps more epochs to"
+            " go back to and costs their disk (see `nectargan disk`)."
+        ),
     )
     snapshot: Literal["generator", "networks", "full"] = Field(
         "generator",

@@ -17,7 +17,7 @@ from nectargan_core.errors import exit_code
 # The commands of each family module (nectargan_core/cli/<family>.py, whose add_commands adds them).
 # Running a command imports only its family, so a DVC stage depends on that one file of the CLI.
 FAMILIES: dict[str, tuple[str, ...]] = {
-    "info": ("settings", "models"),
+    "info": ("settings", "models", "docs-settings"),
     "data": ("sample-data", "pair", "split", "import-data"),
     "pipeline": ("validate", "train", "examples", "evaluate", "export", "predict"),
     "runs": ("outputs", "disk", "forget", "compare", "sweep", "runs"),

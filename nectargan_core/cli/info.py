@@ -1,9 +1,10 @@
-"""`nectargan settings` and `nectargan models`: what the settings and the networks are."""
+"""`nectargan settings`, `nectargan models` and `nectargan docs-settings`: what the settings and the networks are."""
 
 from __future__ import annotations
 
 import argparse
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
@@ -39,8 +40,20 @@ def _cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_docs_settings(args: argparse.Namespace) -> int:
+    from nectargan_core.settings_reference import settings_reference
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(settings_reference())
+    print(f"wrote {args.out}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     project_command(
         sub, "settings", _cmd_settings, help="validate the params file and list every setting with its meaning"
     )
     project_command(sub, "models", _cmd_models, help="build the generator and discriminator and print their sizes")
+    p = sub.add_parser("docs-settings", help="write the settings reference page from the settings model")
+    p.add_argument("--out", type=Path, default=Path("docs/settings.md"), help="the page (default: %(default)s)")
+    p.set_defaults(func=_cmd_docs_settings)
