@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed-stamp
 PYTHON  ?= python3
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: run test lint install flow serve clean
+.PHONY: run test lint docs install flow serve clean
 
 # venv-bin.pth lets .venv/bin's tools find each other without an activated venv (dvc's stages run
 # `nectargan`, mlflow runs `uvicorn`).
@@ -42,6 +42,10 @@ serve: $(STAMP)
 lint: $(STAMP)
 	ruff check .
 	ruff format --check .
+
+# The docs site (docs/, mkdocs.yml) on loopback, rebuilt on every edit.
+docs: $(STAMP)
+	mkdocs serve --dev-addr 127.0.0.1:8000
 
 # Two workers, each module on one of them (its fixtures are set up once): the suite is mostly
 # single-threaded waits on processes and servers, so two share the two cores of a small machine.

@@ -1,1 +1,1 @@
-"""NectarGAN Core: a pipeline-orchestrated trainer for Pix2pix-style conditional GANs (see README.md, Code map)."""
+"""NectarGAN Core: a pipeline-orchestrated trainer for Pix2pix-style conditional GANs (see docs/code-map.md)."""

@@ -5,7 +5,7 @@ processes on this machine through torchrun's own launcher (a local rendezvous, -
 of them runs this module. ``spawn`` trains in a child process (a sweep's children side by side)
 and returns its typed result. Both hand the training over as a request file and read the result
 file rank 0 writes, so the processes train exactly what the host was given. For several machines,
-run torchrun yourself on each (the README has the commands); a process under torchrun never
+run torchrun yourself on each (docs/gpus.md has the commands); a process under torchrun never
 launches again.
 
 Run as ``python -m nectargan_core.launch REQUEST RESULT``.

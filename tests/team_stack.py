@@ -3,7 +3,7 @@
 PostgreSQL runs from its own binaries (initdb, pg_ctl) with team/postgres-init.sql; moto's S3 API
 server stands in for MinIO; `mlflow server` and `prefect server start` run with the command and
 environment of their compose service, the ``${...}`` variables set to loopback hosts, free ports
-and fresh random secrets. The README's "Team setup" commands are read from the README itself.
+and fresh random secrets. The "Team setup" commands are read from its docs page, docs/team.md, itself.
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ def env_example() -> dict[str, str]:
 
 
 def readme_commands() -> list[str]:
-    """The shell lines of the README's "Team setup" section (code blocks, comments dropped)."""
-    text = (ROOT / "README.md").read_text()
-    section = text.split("\n## Team setup", 1)[1].split("\n## ", 1)[0]
+    """The shell lines of the "Team setup" page, docs/team.md (code blocks, comments dropped)."""
+    text = (ROOT / "docs" / "team.md").read_text()
+    section = text.split("# Team setup\n", 1)[1]  # the whole page after its title
     lines = []
     for block in re.findall(r"```(?:bash|sh)\n(.*?)```", section, flags=re.S):
         lines += [line.split(" #", 1)[0].strip() for line in block.splitlines() if line.strip()]
@@ -81,9 +81,9 @@ def readme_commands() -> list[str]:
 
 
 def documented(prefix: str, env: Mapping[str, str]) -> list[str]:
-    """The one README "Team setup" command that starts with ``prefix``, interpolated with ``env``, as argv."""
+    """The one "Team setup" command (docs/team.md) that starts with ``prefix``, interpolated with ``env``, as argv."""
     found = [line for line in readme_commands() if line.startswith(prefix)]
-    assert len(found) == 1, f"README's Team setup has {len(found)} commands starting with {prefix!r}: {found}"
+    assert len(found) == 1, f"docs/team.md (Team setup) has {len(found)} commands starting with {prefix!r}: {found}"
     return shlex.split(expand(found[0], env))
 
 

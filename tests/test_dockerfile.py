@@ -48,7 +48,8 @@ def test_image_runs_as_a_non_root_user_on_a_python_311_base():
 
 
 def test_readme_commands_are_the_makefile_targets():
-    readme = (ROOT / "README.md").read_text()
-    assert "make run" in readme and "make test" in readme
+    for page in ("README.md", "docs/getting-started.md"):  # the two commands, on both
+        readme = (ROOT / page).read_text()
+        assert "make run" in readme and "make test" in readme, page
     ci = (ROOT / ".ci" / "run").read_text()
     assert ci.strip().splitlines()[-1] == "make test"

@@ -93,7 +93,7 @@ def project(tmp_path_factory) -> Path:
 def assert_bounded_disk(project: Path) -> None:
     """At most 3 weight files (hard links once) of at least half the largest checkpoint's size, together at
     most 6 times its size, in the project folder outside .venv, .git and data/. (At these tiny sizes the
-    databases and images outweigh the weights, so only weight files count here; README measures all.)"""
+    databases and images outweigh the weights, so only weight files count here; docs/performance.md measures all.)"""
     files, seen = [], set()
     for path in project.rglob("*"):
         parts = path.relative_to(project).parts
@@ -281,7 +281,7 @@ def test_queued_experiments_log_into_the_projects_store(project):
 
 
 def test_team_s3_remote_push_then_a_fresh_clone_pulls_and_has_nothing_to_reproduce(project, team_s3_server, tmp_path):
-    """The README's Team setup DVC commands against an S3 API server; credentials only in the environment."""
+    """The Team setup DVC commands (docs/team.md) against an S3 API server; credentials only in the environment."""
     team = team_s3_server
     run(["dvc", "repro"], project)  # nothing to do after the tests above; the whole pipeline when run alone
     for prefix in ("dvc remote add", "dvc remote modify"):

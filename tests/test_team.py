@@ -295,7 +295,7 @@ def test_the_compose_file_is_the_stack_the_team_tests_start():
     assert ignored.returncode == 0, "team/.env must be git-ignored"
 
 
-def test_the_readme_team_setup_runs_what_the_tests_run():
+def test_the_documented_team_setup_runs_what_the_tests_run():
     commands = readme_commands()
     for prefix in (
         "prefect work-pool create",

@@ -1,6 +1,6 @@
 """Run a checkpoint, a registered model (its MLflow pyfunc) or an ONNX file over images of any size.
 
-Two ways to meet the generator's size rules (documented in the README):
+Two ways to meet the generator's size rules (documented in docs/pipeline.md):
   resize  resize to the trained crop size, generate, resize back (what the model saw in training)
   pad     pad (edge-replicate) right and bottom to the next multiple of 2^(n_downs+2), generate at
           full resolution, crop back (the UNet is fully convolutional)
