@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 from nectargan_core.settings_reference import settings_reference
@@ -56,3 +57,45 @@ def test_the_readme_is_short_and_links_to_every_docs_page():
     assert len(readme.splitlines()) <= 200
     pages = sorted(path.relative_to(ROOT).as_posix() for path in (ROOT / "docs").glob("*.md"))
     assert pages and not [page for page in pages if f"({page})" not in readme]
+
+
+def _documented_commands() -> list[tuple[str, str]]:
+    """(page, command) of every shell line in the README's and the docs' code blocks that starts with
+    `make` or a tool of .venv/bin; continued lines joined, comments dropped. The team page's commands
+    run against servers and are run by tests/test_team.py."""
+    commands = []
+    for page in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
+        if page.name == "team.md":
+            continue
+        for block in re.findall(r"```(?:bash|sh|console)?\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.replace("\\\n", " ").splitlines():
+                line = line.split("  #")[0].split(" # ")[0].strip()
+                if line.startswith(("make ", ".venv/bin/")):
+                    commands += [(page.name, part.strip()) for part in line.split("&&")]
+    return commands
+
+
+def test_every_documented_command_names_a_real_target_tool_and_options():
+    """Checked as printed, without running: `make` targets exist, .venv/bin tools are installed, and
+    every `nectargan` line parses with the real command-line parser (commands, options, choices)."""
+    import shlex
+
+    from nectargan_core.cli import build_parser
+
+    commands = _documented_commands()
+    assert len(commands) > 30
+    targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), flags=re.M))
+    for page, command in commands:
+        words = shlex.split(command)
+        if words[0] == "make":
+            assert words[1] in targets, (page, command)
+            continue
+        tool = words[0].removeprefix(".venv/bin/")
+        assert (BIN / tool).exists(), (page, command)
+        if tool == "nectargan":
+            try:
+                build_parser(words[1]).parse_args(words[1:])
+            except SystemExit:
+                pytest.fail(f"{page}: `{command}` does not parse")
+        elif tool == "python" and words[1].endswith(".py"):
+            assert (ROOT / words[1]).is_file(), (page, command)
