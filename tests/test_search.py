@@ -7,28 +7,49 @@ from pathlib import Path
 import optuna
 import pytest
 from mlflow import MlflowClient
+from mlflow.entities import Run
 
 from nectargan_core.cli import main
 from nectargan_core.settings import load_settings
 from nectargan_core.studies import search as search_module
 from nectargan_core.studies.space import Axis, parse_space
-from nectargan_core.tracking.studies import PARENT_TAG, PRUNED_TAG, TRIAL_TAG
+from nectargan_core.tracking.studies import PARENT_TAG, PRUNED_TAG, SWEEP_TAG, TRIAL_TAG
 
 from .helpers import tiny_settings
 
 
-@pytest.fixture
-def project(sample_root, tmp_path, monkeypatch):
+def _project(folder: Path, sample_root: Path) -> Path:
     settings = tiny_settings(sample_root, **{"generator.epochs": 3})  # validation every epoch
-    (tmp_path / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
-    monkeypatch.chdir(tmp_path)
+    (folder / "params.yaml").write_text(json.dumps(settings.model_dump(mode="json")))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def project(sample_root, tmp_path_factory):
+    """One project (and MLflow store, whose creation costs seconds) for the searches: a study each."""
+    with pytest.MonkeyPatch.context() as patch:
+        folder = _project(tmp_path_factory.mktemp("search"), sample_root)
+        patch.chdir(folder)
+        yield folder
+
+
+@pytest.fixture
+def empty_project(sample_root, tmp_path, monkeypatch):
+    monkeypatch.chdir(_project(tmp_path, sample_root))
     return tmp_path
 
 
-def _client(project: Path) -> tuple[MlflowClient, str]:
+def _client(project: Path) -> MlflowClient:
     uri = f"sqlite:///{project / 'mlflow.db'}"
-    client = MlflowClient(uri, uri)
-    return client, client.get_experiment_by_name("nectargan").experiment_id
+    return MlflowClient(uri, uri)
+
+
+def _runs(client: MlflowClient, study: str) -> tuple[Run, list[Run]]:
+    """The study's parent run and its children."""
+    experiment = client.get_experiment_by_name("nectargan").experiment_id
+    runs = client.search_runs([experiment], f"tags.`{SWEEP_TAG}` = '{study}'")
+    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
+    return parent, [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
 
 
 def _study(project: Path, name: str) -> optuna.Study:
@@ -62,7 +83,8 @@ def test_the_three_kinds_of_axis():
         (["--file", "space.yaml"], "train.loss.vgg: -5 is refused by the settings"),
     ],
 )
-def test_a_bad_space_is_refused_before_anything_starts(project, capsys, args, needle):
+def test_a_bad_space_is_refused_before_anything_starts(empty_project, capsys, args, needle):
+    project = empty_project
     (project / "space.yaml").write_text("train.loss.l1: 10:200:log\ntrain.loss.vgg: [0, -5]\n")
     assert main(["search", *args]) == 2
     err = capsys.readouterr().err
@@ -73,13 +95,12 @@ def test_a_bad_space_is_refused_before_anything_starts(project, capsys, args, ne
 
 def test_a_search_trains_its_trials_under_a_parent_and_reports_them(project, capsys):
     args = ["search", "-s", "train.loss.l1=10:200:log", "-s", "train.loss.sobel=0,5", "--trials", "3"]
+    args += ["--base", "train.generator.epochs=2"]
     assert main([*args, "--pruner", "halving", "--seed", "0", "--study", "loss"]) == 0
     out = capsys.readouterr().out
     assert "| 2 | train.loss.l1=" in out and "best by val/psnr: trial " in out
-    client, experiment = _client(project)
-    runs = client.search_runs([experiment])
-    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
-    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    client = _client(project)
+    parent, children = _runs(client, "loss")
     assert sorted(c.data.tags[TRIAL_TAG] for c in children) == ["0", "1", "2"]
     assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
     folders = {c.data.params["train.output_dir"] for c in children}
@@ -90,7 +111,7 @@ def test_a_search_trains_its_trials_under_a_parent_and_reports_them(project, cap
     assert "| trial | params | value | state | pruned at epoch |" in report and "![history](history.png)" in report
     assert ("importance.png" in report) == ("sweep/importance.png" in logged)
     assert len(_study(project, "loss").trials) == 3
-    assert not client.search_registered_models()  # trials do not move the alias
+    assert not any(client.search_model_versions(f"run_id='{c.info.run_id}'") for c in children)  # no alias moved
 
 
 def test_a_pruned_trial_stops_at_an_epoch_and_its_run_finishes(project, capsys, monkeypatch):
@@ -99,8 +120,8 @@ def test_a_pruned_trial_stops_at_an_epoch_and_its_run_finishes(project, capsys, 
         search_module, "make_pruner", lambda name: optuna.pruners.ThresholdPruner(upper=None, lower=1e9)
     )
     assert main(["search", "-s", "train.loss.l1=10:200", "--trials", "1", "--study", "cut"]) == 0
-    client, experiment = _client(project)
-    (child,) = [r for r in client.search_runs([experiment]) if PARENT_TAG in r.data.tags]
+    client = _client(project)
+    _, (child,) = _runs(client, "cut")
     assert child.info.status == "FINISHED" and child.data.tags[PRUNED_TAG] == "1"
     assert len(client.get_metric_history(child.info.run_id, "val/psnr")) == 1  # nothing trained after epoch 1
     (trial,) = _study(project, "cut").trials
@@ -117,10 +138,8 @@ def test_a_rerun_continues_the_study(project, capsys):
     assert main([*args, "--register-best"]) == 0
     trials = _study(project, "more").trials
     assert [t.number for t in trials] == [0, 1] and trials[0].params != trials[1].params  # reseeded past trial 0
-    client, experiment = _client(project)
-    runs = client.search_runs([experiment])
-    (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]  # the same parent, reopened
-    children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
+    client = _client(project)
+    _, children = _runs(client, "more")  # one parent, reopened
     assert sorted(r.data.tags[TRIAL_TAG] for r in children) == ["0", "1"]
     (version,) = client.search_model_versions("name='nectargan-generator'")
     best = max(trials, key=lambda t: t.value)
@@ -138,9 +157,20 @@ def test_a_trial_a_killed_process_left_running_is_failed_and_retried(project, ca
     orphan = study.ask()  # as a process killed while it trained: RUNNING, its heartbeats stopped
     axes[0].suggest(orphan)
     study._storage.record_heartbeat(orphan._trial_id)
-    time.sleep(1.5)
+    time.sleep(2.1)  # SQLite keeps heartbeats to the second: 2 s apart is past a 1 s grace
     args = ["search", "-s", "train.loss.l1=10:200", "--trials", "1", "--study", "killed", "--pruner", "none"]
     assert main([*args, "--base", "train.generator.epochs=1"]) == 0
     first, retried = _study(project, "killed").trials
     assert first.state == optuna.trial.TrialState.FAIL and retried.state == optuna.trial.TrialState.COMPLETE
     assert retried.params == first.params
+
+
+def test_a_failing_trial_is_marked_failed(project, capsys):
+    args = ["search", "-s", "train.loss.l1=1e39,2e39", "--sampler", "grid", "--trials", "1", "--study", "wild"]
+    assert main([*args, "--base", "train.generator.epochs=1"]) == 1
+    assert "| 0 | train.loss.l1=" in capsys.readouterr().out
+    (trial,) = _study(project, "wild").trials
+    assert trial.state == optuna.trial.TrialState.FAIL and "train.loss.l1" in trial.user_attrs["error"]
+    parent, (child,) = _runs(_client(project), "wild")
+    assert parent.info.status == child.info.status == "FAILED"  # every trial failed: the parent too
+    assert "failed: " in (project / "outputs/sweeps/wild/report.md").read_text()

@@ -203,8 +203,8 @@ def search(
         except optuna.TrialPruned:
             raise
         except Exception as exc:  # one trial failing (NaN, say) does not stop the others
-            trial.set_user_attr("error", describe_failure(exc))
-            log.error("search %s: %s failed: %s", name, child, describe_failure(exc))
+            trial.set_user_attr("error", error := describe_failure(exc))
+            log.error("search %s: %s failed: %s", name, child, error)
             raise
 
     before = len(study.trials)
