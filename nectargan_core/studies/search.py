@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,7 +26,6 @@ from nectargan_core.files import write_text_atomic
 from nectargan_core.layout import OPTUNA_DB, SweepPaths
 from nectargan_core.losses.metrics import HIGHER_IS_BETTER
 from nectargan_core.settings import Settings, SettingsError, load_settings, with_changes
-from nectargan_core.stages import TrainStageResult
 from nectargan_core.studies.grid import ChildResult, Combination
 from nectargan_core.studies.space import Axis, parse_space
 from nectargan_core.studies.sweep import register_best, selected_metric
@@ -39,8 +38,6 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 60  # a running trial writes a heartbeat this often ...
 GRACE_S = 300  # ... and one silent this long (its process was killed) is failed by the next run
 RETRIES = 2  # a trial failed for a missed heartbeat is tried again this often, with the same values
-
-TrainTrial = Callable[[Settings, dict[str, str], list[TrainingCallback]], TrainStageResult]
 
 
 @dataclass(frozen=True)
@@ -144,18 +141,16 @@ class Pruning(TrainingCallback):
         return f"pruned after epoch {summary.epoch}: val/{self.metric} {summary.val[self.metric]:.4f} (Optuna pruner)"
 
 
-def _train_default(tracker: Tracker, project_dir: Path) -> TrainTrial:
-    """In this process (the pruner's callback needs the trial; torchrun's processes could not report)."""
+def _train(tracker: Tracker, project_dir: Path, settings: Settings, tags: dict[str, str], pruning: Pruning) -> str:
+    """In this process (the pruner's callback needs the trial; torchrun's processes could not report);
+    returns the MLflow run id."""
     from nectargan_core.launch import TrainRequest, start_training
     from nectargan_core.training.callbacks import ConsoleReporter
 
-    def train(settings: Settings, tags: dict[str, str], callbacks: list[TrainingCallback]) -> TrainStageResult:
-        request = TrainRequest(settings, tags, register=False)
-        result = start_training(request, project_dir, tracker, [ConsoleReporter(), *callbacks])
-        assert result is not None  # this process is rank 0
-        return result
-
-    return train
+    request = TrainRequest(settings, tags, register=False)
+    result = start_training(request, project_dir, tracker, [ConsoleReporter(), pruning])
+    assert result is not None  # this process is rank 0
+    return result.run_id
 
 
 def trial_settings(base: Settings, paths: SweepPaths, trial: FrozenTrial | optuna.Trial) -> Settings:
@@ -174,14 +169,12 @@ def search(
     trials: int,
     select_by: str,
     register: bool = False,
-    train_trial: TrainTrial | None = None,
 ) -> SearchOutcome:
     """Run ``trials`` more trials of the study under its parent run (a trial that fails is marked
     failed and the search goes on), register the best trial when asked, write the report."""
     from nectargan_core.errors import describe_failure
 
     name, metric = study.study_name, selected_metric(select_by)
-    train_trial = train_trial or _train_default(tracker, project_dir)
     parent = records.open_parent(tracker, name, [axis.spec for axis in axes])
 
     def objective(trial: optuna.Trial) -> float:
@@ -191,7 +184,7 @@ def search(
         try:
             pruning = Pruning(trial, metric)
             tags = {**records.child_tags(parent, name, child), records.TRIAL_TAG: str(trial.number)}
-            run_id = train_trial(trial_settings(base, paths, trial), tags, [pruning]).run_id
+            run_id = _train(tracker, project_dir, trial_settings(base, paths, trial), tags, pruning)
             trial.set_user_attr("mlflow_run_id", run_id)
             if pruning.pruned_at is not None:
                 tracker.client.set_tag(run_id, records.PRUNED_TAG, str(pruning.pruned_at))
