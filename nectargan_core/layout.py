@@ -247,7 +247,7 @@ class ComparePaths:
 
 @dataclass(frozen=True)
 class SweepPaths:
-    """One sweep under ``outputs.sweeps/NAME``: a training folder per child and the report."""
+    """One study (a sweep or a search) under ``outputs.sweeps/NAME``: a training folder per child and the report."""
 
     root: Path
 
@@ -266,6 +266,20 @@ class SweepPaths:
     @property
     def grid(self) -> Path:
         return self.root / "grid.png"
+
+    @property
+    def history(self) -> Path:
+        """A search's optimisation history."""
+        return self.root / "history.png"
+
+    @property
+    def importance(self) -> Path:
+        """A search's parameter importance."""
+        return self.root / "importance.png"
+
+
+OPTUNA_DB = "optuna.db"
+"""The default Optuna storage of `nectargan search`: an SQLite file beside the embedded MLflow store."""
 
 
 def where_things_are(settings: Settings) -> list[tuple[str, str]]:

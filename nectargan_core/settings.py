@@ -803,6 +803,23 @@ def _allowed_keys(loc: tuple[Any, ...]) -> list[str]:
     return list(getattr(model, "model_fields", {}))
 
 
+def leaf_setting(dotted: str) -> Any:
+    """The type of the single setting ``dotted`` names (a search axis must be one); ValueError naming
+    the key, with a close match, when it names no setting or a whole group."""
+    model: Any = Settings
+    parts = dotted.split(".")
+    for depth, part in enumerate(parts):
+        fields = getattr(model, "model_fields", {})
+        if part not in fields:
+            close = difflib.get_close_matches(part, list(fields), n=1)
+            hint = f"; did you mean '{'.'.join([*parts[:depth], close[0]])}'?" if close else ""
+            raise ValueError(f"{dotted}: no such setting{hint}")
+        model = fields[part].annotation
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        raise ValueError(f"{dotted}: a group of settings, not one setting; name a key inside it")
+    return model
+
+
 _SHORT = reprlib.Repr()
 _SHORT.maxstring = _SHORT.maxother = 60
 _SHORT.maxlist = _SHORT.maxtuple = _SHORT.maxdict = _SHORT.maxset = 4

@@ -20,7 +20,7 @@ FAMILIES: dict[str, tuple[str, ...]] = {
     "info": ("settings", "models", "docs-settings"),
     "data": ("sample-data", "pair", "split", "import-data"),
     "pipeline": ("validate", "train", "examples", "evaluate", "export", "predict"),
-    "runs": ("outputs", "disk", "forget", "compare", "sweep", "runs"),
+    "runs": ("outputs", "disk", "forget", "compare", "sweep", "search", "runs"),
     "review": ("montage", "loss-graphs"),
 }
 

@@ -1,4 +1,4 @@
-"""Runs and studies in the tracking store: where things are, disk use, forgetting runs, compare, sweep."""
+"""Runs and studies in the tracking store: where things are, disk use, forgetting runs, compare, sweep, search."""
 
 from __future__ import annotations
 
@@ -91,6 +91,35 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 1 if any(c.status == "failed" for c in done.children) else 0
 
 
+def _cmd_search(args: argparse.Namespace) -> int:
+    from nectargan_core.studies.search import default_storage, open_study, plan, search, table
+
+    base, paths, axes = plan(
+        args.params, args.base, args.overrides, args.file, args.study, args.sampler, args.select_by
+    )
+    if base.train.nproc_per_node > 1 and args.pruner != "none":
+        raise ValueError("--pruner: a pruned trial trains in this process; with train.nproc_per_node > 1 use none")
+    study = open_study(
+        args.storage or default_storage(Path.cwd()),
+        args.study,
+        args.sampler,
+        args.seed,
+        args.pruner,
+        args.select_by,
+        axes,
+    )
+    tracker = open_tracker(base)
+    print(f"search {args.study}: {args.trials} trials over {len(axes)} settings, trained into {paths.root / 'runs'}")
+    done = search(tracker, Path.cwd(), study, paths, base, axes, args.trials, args.select_by, args.register_best)
+    print(table(done.study))
+    if done.best is not None:
+        print(f"best by {args.select_by}: trial {done.best.number} ({done.best.value:.4f}) {done.best.params}")
+    if done.model_version is not None:
+        print(f"registered {base.tracking.registered_model} version {done.model_version} (alias {base.tracking.alias})")
+    print(f"parent MLflow run {done.parent_run_id}; report {done.report}")
+    return 1 if done.failed else 0
+
+
 def _cmd_runs_sync(args: argparse.Namespace) -> int:
     from nectargan_core.layout import RunPaths
     from nectargan_core.tracking.journal import sync_run
@@ -136,6 +165,22 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--select-by", default="val/psnr", help="the val metric that picks the best child")
     p.add_argument("--register-best", action="store_true", help="register the best child (moves the alias)")
     p.set_defaults(func=_cmd_sweep)
+
+    p = sub.add_parser("search", help="an Optuna study over settings: each trial an MLflow child run, then a report")
+    add_params_args(
+        p, "KEY=SPEC", "a search axis: low:high (float or int as the setting), low:high:log, or choices a,b,c"
+    )
+    p.add_argument("--file", type=Path, default=None, help="YAML of search axes {key: 'low:high' or 'a,b,c'}")
+    p.add_argument("--base", action="append", default=[], metavar="KEY=VALUE", help="a fixed override for every trial")
+    p.add_argument("--trials", type=int, default=10, help="trials to run now (a rerun of the study adds more)")
+    p.add_argument("--sampler", choices=("tpe", "random", "grid"), default="tpe", help="grid: choice axes only")
+    p.add_argument("--seed", type=int, default=None, help="the sampler's seed (default: random)")
+    p.add_argument("--pruner", choices=("median", "halving", "none"), default="median", help="stops weak trials early")
+    p.add_argument("--select-by", default="val/psnr", help="the val metric the study optimises")
+    p.add_argument("--study", default="search", help="the study's name (a rerun continues it)")
+    p.add_argument("--storage", default=None, help="Optuna storage, any SQLAlchemy URL (default: sqlite optuna.db)")
+    p.add_argument("--register-best", action="store_true", help="register the best trial (moves the alias)")
+    p.set_defaults(func=_cmd_search)
 
     runs = sub.add_parser("runs", help="a training run's records in the tracking store")
     runs_sub = runs.add_subparsers(dest="runs_command", required=True)

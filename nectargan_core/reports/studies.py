@@ -80,3 +80,40 @@ def weightings_grid(examples: dict[str, Path], out_path: Path, label_height: int
     for column, label in enumerate(labels):
         draw.text((column * width + 2, 4), label[: max(width // 7, 4)], fill="black")
     return save_image_atomic(canvas, out_path)
+
+
+def optimisation_history(trials: list[tuple[int, float, str]], higher_is_better: bool, label: str, out: Path) -> Path:
+    """A search's trials: each (number, value, state) a dot by its state, and the best value so far."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(7, 3.5), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for state in sorted({state for _, _, state in trials}):
+        points = [(number, value) for number, value, s in trials if s == state]
+        ax.scatter(*zip(*points, strict=True), s=24, label=state.lower())
+    complete = sorted((number, value) for number, value, state in trials if state == "COMPLETE")
+    if complete:
+        pick = max if higher_is_better else min
+        best = [pick(value for _, value in complete[: i + 1]) for i in range(len(complete))]
+        ax.step([number for number, _ in complete], best, where="post", color="black", linewidth=1, label="best")
+    ax.set(xlabel="trial", ylabel=label, title=f"optimisation history ({label}, pruned: at their last epoch)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.grid(True, alpha=0.3)
+    if trials:
+        ax.legend(fontsize=8)
+    return write_atomic(out, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))
+
+
+def importance_bars(importances: dict[str, float], out: Path) -> Path:
+    """Each searched setting's importance for the selected metric (Optuna's evaluator), largest on top."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ranked = sorted(importances.items(), key=lambda item: item[1])
+    fig = Figure(figsize=(7, 1 + 0.4 * len(ranked)), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    ax.barh([key for key, _ in ranked], [value for _, value in ranked])
+    ax.set(xlabel="importance", title="parameter importance (complete trials)")
+    return write_atomic(out, lambda tmp: FigureCanvasAgg(fig).print_png(str(tmp)))

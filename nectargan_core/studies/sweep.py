@@ -126,11 +126,17 @@ def recorded_children(tracker: Tracker, name: str) -> list[ChildResult]:
     ]
 
 
-def best_child(children: Sequence[ChildResult], select_by: str) -> ChildResult | None:
-    """The child with the best final ``select_by`` (``val/psnr``: highest; ``val/l1``: lowest)."""
+def selected_metric(select_by: str) -> str:
+    """The val metric ``--select-by`` names (``val/psnr`` -> ``psnr``), or a ValueError listing them."""
     metric = select_by.removeprefix(VAL_PREFIX)
     if metric not in VAL_METRICS:
         raise ValueError(f"--select-by {select_by!r}: use one of {', '.join(val_metric(m).key for m in VAL_METRICS)}")
+    return metric
+
+
+def best_child(children: Sequence[ChildResult], select_by: str) -> ChildResult | None:
+    """The child with the best final ``select_by`` (``val/psnr``: highest; ``val/l1``: lowest)."""
+    metric = selected_metric(select_by)
     scored = [c for c in children if c.status != "failed" and select_by in c.metrics]
     if not scored:
         return None

@@ -19,6 +19,8 @@ CHILD_TAG = "nectargan.sweep_child"
 ROLE_TAG = "nectargan.sweep_role"
 HASH_TAG = "params_hash"
 BEST_CHILD_TAG = "best_child"
+TRIAL_TAG = "nectargan.trial"  # a search child's Optuna trial number
+PRUNED_TAG = "nectargan.pruned_at_epoch"  # the epoch after which a pruner stopped the trial
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,11 @@ class TrainingCallback:
 
     def on_epoch_end(self, summary: EpochSummary) -> None: ...
 
+    def stop_after(self, summary: EpochSummary) -> str | None:
+        """Why training should stop after this epoch (None: go on); asked on rank 0 before the epoch's
+        checkpoint, so a stop keeps what was trained and the run finishes normally."""
+        return None
+
     def on_examples(self, epoch: int, paths: list[Path]) -> None: ...
 
     def on_checkpoint(self, epoch: int, latest: Path, snapshot: Path) -> None:

@@ -216,10 +216,11 @@ def _train(
                 summary = replace(summary, val=scores)
                 if selection is not None and selection.update(epoch, scores[selection.metric]):
                     _save_best(step, settings, epoch, paths, run)
-            if selection is not None:  # rank 0 validated; every rank stops after the same epoch
-                result.stopped_early = broadcast(selection.stop_reason(epoch) if world.is_main else None, world)
-                if result.stopped_early and world.is_main:
-                    log.info("%s", result.stopped_early)
+            # Rank 0 validated and holds the callbacks; every rank stops after the same epoch.
+            reason = _stop_reason(selection, callbacks, summary) if world.is_main else None
+            result.stopped_early = broadcast(reason, world)
+            if result.stopped_early and world.is_main:
+                log.info("%s", result.stopped_early)
             if loss_log is not None and epoch % settings.logging.dump_frequency == 0:
                 loss_log.flush()
             if world.is_main:
@@ -259,6 +260,16 @@ def _train(
     for cb in callbacks:
         cb.on_train_end(result.last_epoch, result.checkpoint)
     return result
+
+
+def _stop_reason(
+    selection: Selection | None, callbacks: Sequence[TrainingCallback], summary: EpochSummary
+) -> str | None:
+    """Why training stops after this epoch: early stopping, else the first callback that asks (a pruned
+    search trial); the epoch is then the last one, checkpointed and summarised like any final epoch."""
+    if selection is not None and (reason := selection.stop_reason(summary.epoch)):
+        return reason
+    return next(filter(None, (cb.stop_after(summary) for cb in callbacks)), None)
 
 
 def _run_epoch(
