@@ -187,10 +187,10 @@ def search(
             run_id = _train(tracker, project_dir, trial_settings(base, paths, trial), tags, pruning)
             trial.set_user_attr("mlflow_run_id", run_id)
             if pruning.pruned_at is not None:
-                tracker.client.set_tag(run_id, records.PRUNED_TAG, str(pruning.pruned_at))
+                records.tag_pruned(tracker, run_id, pruning.pruned_at)
                 trial.set_user_attr("pruned_at_epoch", pruning.pruned_at)
                 raise optuna.TrialPruned(f"{child} pruned after epoch {pruning.pruned_at}")
-            if select_by not in (final := tracker.client.get_run(run_id).data.metrics):
+            if select_by not in (final := records.final_metrics(tracker, run_id)):
                 raise ValueError(f"{child}: its MLflow run has no {select_by}")
             return final[select_by]
         except optuna.TrialPruned:

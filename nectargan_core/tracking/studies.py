@@ -110,3 +110,13 @@ def log_report(tracker: Tracker, parent: str, files: list) -> None:
 
 def tag_best(tracker: Tracker, parent: str, best: str) -> None:
     tracker.client.set_tag(parent, BEST_CHILD_TAG, best)
+
+
+def tag_pruned(tracker: Tracker, run_id: str, epoch: int) -> None:
+    """A search trial's run, stopped by the pruner after ``epoch``."""
+    tracker.client.set_tag(run_id, PRUNED_TAG, str(epoch))
+
+
+def final_metrics(tracker: Tracker, run_id: str) -> dict[str, float]:
+    """A run's last value of every metric."""
+    return dict(tracker.client.get_run(run_id).data.metrics)
