@@ -15,6 +15,14 @@ def test_settings_lists_every_key_with_its_description(capsys):
     assert "data.augment.input.compression.quality_range" in out
 
 
+def test_outputs_prints_an_mlflow_ui_command_that_runs_without_an_activated_venv(capsys):
+    assert main(["outputs", "--params", str(ROOT / "params.yaml")]) == 0
+    line = next(row for row in capsys.readouterr().out.splitlines() if row.startswith("MLflow UI"))
+    command = line.removeprefix("MLflow UI").split()
+    assert command[1:3] == ["ui", "--backend-store-uri"] and command[3].startswith("sqlite:///")
+    assert Path(command[0]).resolve() == (Path(sys.executable).parent / "mlflow").resolve()
+
+
 def test_bad_settings_exit_2_with_every_problem(capsys):
     code = main(["settings", "--params", str(ROOT / "params.yaml"), "-s", "train.loss.l11=1", "-s", "seed=-1"])
     err = capsys.readouterr().err

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from nectargan_core.cli.common import add_params_args, open_tracker, project_command, settings_of
@@ -14,7 +16,10 @@ def _cmd_outputs(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     uri = tracking_uri(settings.tracking, Path.cwd())
-    ui = uri if uri.startswith(("http://", "https://")) else f"mlflow ui --backend-store-uri {uri}"
+    # The mlflow beside this interpreter: a bare `mlflow` is on PATH only in an activated venv.
+    mlflow = Path(sys.executable).parent / "mlflow"
+    shown = os.path.relpath(mlflow) if mlflow.is_relative_to(Path.cwd()) else mlflow
+    ui = uri if uri.startswith(("http://", "https://")) else f"{shown} ui --backend-store-uri {uri}"
     rows = [*where_things_are(settings), ("MLflow UI", ui)]
     width = max(len(what) for what, _ in rows)
     for what, where in rows:
