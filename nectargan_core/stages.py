@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from nectargan_core.distributed import World
     from nectargan_core.inference.evaluate import EvaluationResult
     from nectargan_core.inference.onnx import ExportResult
+    from nectargan_core.inference.predict import PredictSummary
     from nectargan_core.tracking.registry import RegisteredCheckpoint
     from nectargan_core.tracking.tracker import Tracker
     from nectargan_core.training.callbacks import EpochSummary, TrainingCallback
@@ -253,18 +254,35 @@ def predict_stage(
     out_dir: Path | None = None,
     mode: Literal["resize", "pad"] = "resize",
     tracker: Tracker | None = None,
-) -> list[Path]:
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    pairs: Literal["auto", "a", "b", "whole"] = "auto",
+) -> PredictSummary:
     """Run a checkpoint or snapshot file, an ONNX file or a registered model (``models:/...``, through
-    its MLflow pyfunc; needs ``tracker``) over a folder of images."""
+    its MLflow pyfunc; needs ``tracker``) over a folder of images, streamed (see ``predict_folder``;
+    ``data.direction`` says which half of a pair-shaped input is the model's input)."""
     from nectargan_core.device import resolve_device
     from nectargan_core.inference.predict import load_runner, predict_folder, pyfunc_runner
-    from nectargan_core.tracking.registry import load_registered_model
 
     out_dir = out_dir or Path(settings.outputs.predict)
     if source.startswith("models:/"):
+        from nectargan_core.tracking.registry import load_registered_model  # MLflow: only for a registered model
+
         if tracker is None:
             raise ValueError(f"{source}: a registered model needs the tracking store (pass a Tracker)")
         runner = pyfunc_runner(*load_registered_model(tracker, source))
     else:
         runner = load_runner(Path(source), resolve_device(settings.train))
-    return predict_folder(runner, input_dir, out_dir, mode)
+    return predict_folder(
+        runner,
+        input_dir,
+        out_dir,
+        mode,
+        batch_size=batch_size,
+        workers=workers,
+        strict=strict,
+        pairs=pairs,
+        direction=settings.data.direction,
+    )

@@ -1,5 +1,9 @@
 import hashlib
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import onnx
@@ -10,8 +14,10 @@ from torchvision.models import alexnet
 
 from nectargan_core.cli import main
 from nectargan_core.data.sample import generate_sample_dataset
+from nectargan_core.files import read_image
 from nectargan_core.inference.evaluate import evaluate_checkpoint
 from nectargan_core.inference.onnx import PARITY_TOLERANCE, onnx_metadata
+from nectargan_core.inference.predict import load_runner, predict_image
 from nectargan_core.settings import SampleDataSettings, with_changes
 from nectargan_core.stages import evaluate_stage, export_stage, predict_stage, train_stage
 from nectargan_core.tracking.tracker import Tracker
@@ -80,8 +86,10 @@ def test_predict_keeps_any_input_size_and_agrees_across_model_formats(trained, e
         "onnx": str(exported.path),
     }.items():
         tracker = Tracker.connect(settings.tracking, project)
-        written = predict_stage(settings, source, tmp_path / "in", tmp_path / label, mode, tracker)
-        assert sorted(p.name for p in written) == ["square.png", "tall.png", "wide.png"]
+        summary = predict_stage(settings, source, tmp_path / "in", tmp_path / label, mode, tracker, workers=0)
+        assert (summary.written, summary.present, summary.bad) == (3, 0, ())
+        written = sorted((tmp_path / label).iterdir())
+        assert [p.name for p in written] == ["square.png", "tall.png", "wide.png"]
         for path in written:
             with Image.open(path) as image:
                 assert image.size == sizes[f"{path.stem}.{'jpg' if path.stem == 'tall' else 'png'}"]
@@ -194,3 +202,127 @@ def test_cli_export_and_predict(trained, tmp_path, capsys, monkeypatch):
     args = ["predict", "--params", str(params), "--model", str(out), "--input", str(tmp_path / "in"), "--mode", "pad"]
     assert main([*args, "--out", str(tmp_path / "pred")]) == 0
     assert "3 images written" in capsys.readouterr().out
+
+
+def _images(folder, count, size=(16, 16), seed=0):
+    folder.mkdir()
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"im{i:03d}.png")
+    return folder
+
+
+def _stamps(folder):
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in folder.iterdir()}
+
+
+def test_predict_streams_batches_of_one_size_and_a_rerun_skips_what_is_done(trained, tmp_path):
+    _, settings, result = trained
+    folder = _images(tmp_path / "in", 8)
+    for i, size in enumerate([(20, 12), (20, 12), (9, 30)]):  # pad mode: three sizes, never in one batch
+        Image.fromarray(np.full((size[1], size[0], 3), 40 * i, np.uint8)).save(folder / f"odd{i}.jpg")
+    for mode in ("resize", "pad"):
+        out = tmp_path / mode
+        summary = predict_stage(settings, str(result.checkpoint), folder, out, mode, batch_size=4, workers=1)
+        assert (summary.written, summary.present, summary.bad) == (11, 0, ())
+        assert len(list(out.iterdir())) == 11
+        with Image.open(out / "odd2.png") as image:
+            assert image.size == (9, 30)
+        before = _stamps(out)
+        again = predict_stage(settings, str(result.checkpoint), folder, out, mode, workers=0)
+        assert (again.written, again.present) == (0, 11) and _stamps(out) == before
+    # a batch of 4 gives what one image at a time gives (instance norm: each image is normalised alone)
+    run, info = load_runner(result.checkpoint, torch.device("cpu"))
+    for name in ("im000", "im005"):
+        alone = np.asarray(predict_image(read_image(folder / f"{name}.png"), run, info, "resize"), dtype=np.int16)
+        assert np.abs(alone - np.asarray(Image.open(tmp_path / "resize" / f"{name}.png"), dtype=np.int16)).max() <= 1
+
+
+# Slows each write (inside the atomic write, so a kill most likely leaves a temp file) and runs the CLI.
+SLOW_PREDICT = """
+import sys, time
+import nectargan_core.inference.predict as predict
+from nectargan_core.files import write_atomic
+predict.save_image_atomic = lambda image, path: write_atomic(
+    path, lambda tmp: (image.save(tmp, format="PNG"), time.sleep(0.05)))
+from nectargan_core.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_predict_killed_midway_continues_where_it_stopped(trained, tmp_path, capsys, monkeypatch):
+    project, settings, result = trained
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(settings.model_dump(mode="json")))
+    folder, out = _images(tmp_path / "in", 40), tmp_path / "out"
+    args = ["predict", "--params", str(params), "--model", str(result.checkpoint), "--input", str(folder)]
+    args += ["--out", str(out), "--batch-size", "8", "--workers", "1"]
+    victim = subprocess.Popen([sys.executable, "-c", SLOW_PREDICT, *args], cwd=project, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("*.png"))) < 10 and victim.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        victim.send_signal(signal.SIGKILL)
+    finally:
+        assert victim.wait() == -signal.SIGKILL  # killed, not finished
+    done = _stamps(out)
+    assert 10 <= len(list(out.glob("*.png"))) < 40
+    (out / ".im039.png.k1lled00.tmp").write_bytes(b"half a png")  # as a kill mid-write leaves one
+    monkeypatch.chdir(project)
+    assert main([*args[:-4], "--out", str(out), "--workers", "0"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == [f"im{i:03d}.png" for i in range(40)]  # no temp file left
+    kept = {name: stamp for name, stamp in done.items() if name.endswith(".png") and not name.startswith(".")}
+    assert {name: _stamps(out)[name] for name in kept} == kept  # the outputs of the killed run were not rewritten
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith(f"{40 - len(kept)} images written") and f"{len(kept)} already there (skipped)" in line
+
+
+def test_predict_lists_and_skips_bad_images_and_strict_stops_at_the_first(trained, tmp_path, capsys, monkeypatch):
+    project, settings, result = trained
+    params = tmp_path / "params.yaml"
+    params.write_text(json.dumps(settings.model_dump(mode="json")))
+    folder = _images(tmp_path / "in", 5)
+    (folder / "text.png").write_text("not a png")
+    (folder / "truncated.png").write_bytes((folder / "im000.png").read_bytes()[:200])
+    Image.new("F", (16, 16)).save(folder / "float.tiff")  # 32-bit float: no 8-bit scale
+    bad = {"text.png", "truncated.png", "float.tiff"}
+    monkeypatch.chdir(project)
+    args = ["predict", "--params", str(params), "--model", str(result.checkpoint), "--input", str(folder)]
+    args += ["--out", str(tmp_path / "out"), "--workers", "0"]
+    assert main([*args, "--strict"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--strict" in err[0] and any(str(folder / name) in err[0] for name in bad)
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    listed = [line for line in captured.err.splitlines() if line.startswith("skipped: ")]
+    assert sorted(line.split(": ")[1] for line in listed) == sorted(str(folder / name) for name in bad)
+    assert "3 bad images skipped (listed above)" in captured.out.strip().splitlines()[-1]
+    written = _stamps(tmp_path / "out")
+    assert sorted(written) == [f"im{i:03d}.png" for i in range(5)]
+    assert main([*args, "--strict"]) == 2  # refuses again, and keeps every output already written
+    assert _stamps(tmp_path / "out") == written
+
+
+def test_predict_refuses_a_folder_of_pairs_and_takes_a_half_when_asked(trained, sample_root, tmp_path):
+    _, settings, result = trained
+    pairs = sample_root / "test"  # aligned A|B files, 128 x 64
+    with pytest.raises(ValueError) as refused:
+        predict_stage(settings, str(result.checkpoint), pairs, tmp_path / "out", workers=0)
+    message = str(refused.value)
+    assert "\n" not in message and "looks like aligned A|B pairs" in message and "--pairs a" in message
+    assert not (tmp_path / "out").exists()
+    flipped = with_changes(settings, {"data.direction": "BtoA"})
+    with pytest.raises(ValueError, match="--pairs b to predict from the B half"):
+        predict_stage(flipped, str(result.checkpoint), pairs, tmp_path / "out", workers=0)
+    halves = tmp_path / "halves"
+    halves.mkdir()
+    for path in pairs.iterdir():
+        with Image.open(path) as pair:
+            pair.crop((0, 0, pair.width // 2, pair.height)).save(halves / path.name)
+    summary = predict_stage(settings, str(result.checkpoint), pairs, tmp_path / "a", pairs="a", workers=0)
+    predict_stage(settings, str(result.checkpoint), halves, tmp_path / "expected", workers=0)
+    assert summary.written == 2
+    for path in (tmp_path / "a").iterdir():
+        with Image.open(path) as image:
+            assert image.size == (64, 64)
+        assert np.array_equal(np.asarray(Image.open(path)), np.asarray(Image.open(tmp_path / "expected" / path.name)))

@@ -79,9 +79,34 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     settings = settings_of(args)
     tracker = open_tracker(settings) if args.model.startswith("models:/") else None
-    written = predict_stage(settings, args.model, args.input, args.out, args.mode, tracker)
-    print(f"{len(written)} images written to {written[0].parent}")  # an empty input folder is an error
+    summary = predict_stage(
+        settings,
+        args.model,
+        args.input,
+        args.out,
+        args.mode,
+        tracker,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        strict=args.strict,
+        pairs=args.pairs,
+    )
+    print(summary.line())
     return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: must be at least 1")
+    return value
+
+
+def _not_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text}: must be 0 or more")
+    return value
 
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
@@ -122,4 +147,25 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         choices=["resize", "pad"],
         default="resize",
         help="resize: to the trained crop and back; pad: full resolution, padded to the size multiple",
+    )
+    p.add_argument(
+        "--batch-size",
+        type=_positive,
+        default=None,
+        help="images per forward pass (default 8 with --mode resize, 1 with --mode pad; a batch holds one size)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_not_negative,
+        default=None,
+        help="image decoding processes (default: cores - 1, at most 4; 0: none)",
+    )
+    p.add_argument(
+        "--strict", action="store_true", help="stop at the first bad image instead of listing and skipping it"
+    )
+    p.add_argument(
+        "--pairs",
+        choices=["auto", "a", "b", "whole"],
+        default="auto",
+        help="auto: refuse a folder of aligned A|B pairs; a / b: take that half of each image; whole: whole images",
     )

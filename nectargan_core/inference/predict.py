@@ -4,26 +4,36 @@ Two ways to meet the generator's size rules (documented in docs/pipeline.md):
   resize  resize to the trained crop size, generate, resize back (what the model saw in training)
   pad     pad (edge-replicate) right and bottom to the next multiple of 2^(n_downs+2), generate at
           full resolution, crop back (the UNet is fully convolutional)
+
+A folder is streamed: its file names are read lazily, DataLoader workers decode the images, the
+model runs on batches and each output is written atomically, so memory stays flat however many
+images the folder holds. An output already present is complete (atomic writes) and is skipped, so
+a rerun after a kill continues where it stopped; the temp files a killed run left are removed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import fcntl
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
+from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from nectargan_core.files import IMAGE_SUFFIXES, list_images, read_image, save_image_atomic, to_uint8_rgb
+from nectargan_core.files import IMAGE_SUFFIXES, Locked, printable, read_image, save_image_atomic, to_uint8_rgb
 from nectargan_core.inference.generator import load_generator
-from nectargan_core.inference.onnx import onnx_metadata
 from nectargan_core.models import ModelInfo
 
-Runner = Callable[[torch.Tensor], torch.Tensor]  # 1 x C x H x W in [-1, 1] -> 1 x C' x H x W
+Runner = Callable[[torch.Tensor], torch.Tensor]  # N x C x H x W in [-1, 1] -> N x C' x H x W
 
 
 def _from_checkpoint(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:
@@ -38,6 +48,8 @@ def _from_checkpoint(path: Path, device: torch.device) -> tuple[Runner, ModelInf
 
 def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
     import onnxruntime as ort
+
+    from nectargan_core.inference.onnx import onnx_metadata  # onnx: only for an ONNX file
 
     meta = onnx_metadata(path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -66,38 +78,261 @@ def load_runner(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:
     return _from_checkpoint(path, device)
 
 
-def _to_input(image: Image.Image, channels: int) -> torch.Tensor:
-    array = np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.float32) / 127.5 - 1.0
-    tensor = torch.from_numpy(array)
-    return (tensor[None] if channels == 1 else tensor.permute(2, 0, 1))[None]
+Mode = Literal["resize", "pad"]
+Pairs = Literal["auto", "a", "b", "whole"]
+PAIR_SAMPLE = 32  # pair detection looks at the headers of this many images (the first in directory order)
+# What atomic_path leaves behind when its process is killed mid-write: .NAME.png.XXXXXXXX.tmp
+_TEMP_OUTPUT = re.compile(r"^\..+\.png\.[A-Za-z0-9_]+\.tmp$")
 
 
-def predict_image(image: Image.Image, run: Runner, info: ModelInfo, mode: Literal["resize", "pad"]) -> Image.Image:
-    width, height = image.size
+def default_workers() -> int:
+    """DataLoader workers when not given: one core is left to the model, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
+
+
+def default_batch_size(mode: Mode) -> int:
+    """8 images of the trained crop; 1 in pad mode, where an image runs at its full size."""
+    return 8 if mode == "resize" else 1
+
+
+@dataclass(frozen=True)
+class PredictSummary:
+    """What a run over a folder did: outputs written now, outputs already there (skipped), bad inputs."""
+
+    out_dir: Path
+    written: int
+    present: int
+    bad: tuple[str, ...] = ()
+    removed_temp: int = 0
+
+    def line(self) -> str:
+        parts = [f"{self.written} images written to {self.out_dir}"]
+        if self.present:
+            parts.append(f"{self.present} already there (skipped)")
+        if self.bad:
+            parts.append(f"{len(self.bad)} bad images skipped (listed above)")
+        if self.removed_temp:
+            parts.append(f"{self.removed_temp} temp files of an interrupted run removed")
+        return "; ".join(parts)
+
+
+def _image_entries(folder: Path) -> Iterator[Path]:
+    """The folder's image files, read lazily in directory order (never the whole listing at once)."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                yield Path(entry.path)
+
+
+def _output_of(path: Path, out_dir: Path) -> Path:
+    return out_dir / f"{path.stem}.png"
+
+
+def _remove_temp_outputs(out_dir: Path) -> int:
+    """Remove the temp files of a killed run (never complete: an output only exists once renamed)."""
+    removed = 0
+    with os.scandir(out_dir) as entries:
+        for entry in entries:
+            if _TEMP_OUTPUT.match(entry.name) and entry.is_file(follow_symlinks=False):
+                Path(entry.path).unlink(missing_ok=True)
+                removed += 1
+    return removed
+
+
+@contextmanager
+def _sole_writer(out_dir: Path) -> Iterator[None]:
+    """An exclusive lock on the output folder for the run: two predicts into one folder would
+    take each other's temp files for a killed run's."""
+    fd = os.open(out_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Locked(
+                f"{out_dir}: another nectargan predict is writing into it; wait for it, or use another --out"
+            ) from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _pair_shaped(input_dir: Path) -> tuple[int, str] | None:
+    """(count, an example) when the first PAIR_SAMPLE readable images are all twice as wide as tall."""
+    seen, example = 0, ""
+    for path in _image_entries(input_dir):
+        try:
+            with Image.open(path) as image:  # the header only: nothing is decoded
+                width, height = image.size
+        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+            continue  # the stream lists it as bad
+        if width != 2 * height:
+            return None
+        seen += 1
+        example = example or f"{printable(path.name)} is {width}x{height}"
+        if seen == PAIR_SAMPLE:
+            break
+    return (seen, example) if seen else None
+
+
+def _input_half(direction: str) -> str:
+    return "a" if direction == "AtoB" else "b"
+
+
+def _to_array(image: Image.Image, channels: int) -> np.ndarray:
+    return np.asarray(image.convert("L" if channels == 1 else "RGB"), dtype=np.uint8)
+
+
+def _to_batch(arrays: list[np.ndarray]) -> torch.Tensor:
+    """H x W (x C) uint8 arrays of one size -> N x C x H x W float32 in [-1, 1]."""
+    batch = torch.from_numpy(np.stack(arrays)).float() / 127.5 - 1.0
+    return batch[:, None] if batch.ndim == 3 else batch.permute(0, 3, 1, 2)
+
+
+def _prepare(image: Image.Image, info: ModelInfo, mode: Mode) -> np.ndarray:
+    """The model's input for one image: resized to the crop, or edge-padded to the size multiple."""
     if mode == "resize":
-        x = _to_input(image.resize((info.crop_size, info.crop_size), Image.Resampling.BICUBIC), info.input_channels)
-        out = Image.fromarray(to_uint8_rgb(run(x)[0]))
-        return out.resize((width, height), Image.Resampling.BICUBIC)
+        return _to_array(image.resize((info.crop_size, info.crop_size), Image.Resampling.BICUBIC), info.input_channels)
+    array = _to_array(image, info.input_channels)
     m = info.side_multiple
-    x = _to_input(image, info.input_channels)
-    x = F.pad(x, (0, -width % m, 0, -height % m), mode="replicate")
-    return Image.fromarray(to_uint8_rgb(run(x)[0][:, :height, :width]))
+    pad = [(0, -image.height % m), (0, -image.width % m)] + [(0, 0)] * (array.ndim - 2)
+    return np.pad(array, pad, mode="edge")
+
+
+def _finish(generated: torch.Tensor, size: tuple[int, int], mode: Mode) -> Image.Image:
+    """One generated C x H x W tensor back to the input's size."""
+    width, height = size
+    if mode == "resize":
+        return Image.fromarray(to_uint8_rgb(generated)).resize((width, height), Image.Resampling.BICUBIC)
+    return Image.fromarray(to_uint8_rgb(generated[:, :height, :width]))
+
+
+def predict_image(image: Image.Image, run: Runner, info: ModelInfo, mode: Mode) -> Image.Image:
+    return _finish(run(_to_batch([_prepare(image, info, mode)]))[0], image.size, mode)
+
+
+@dataclass(frozen=True)
+class _Decoded:
+    path: Path
+    array: np.ndarray | None  # None: a bad image, ``error`` says why
+    size: tuple[int, int] = (0, 0)
+    error: str = ""
+
+
+class _Images(Dataset):
+    """Decodes one image file (in a DataLoader worker); the sampler hands it the paths lazily."""
+
+    def __init__(self, info: ModelInfo, mode: Mode, half: str | None) -> None:
+        self.info, self.mode, self.half = info, mode, half
+
+    def __getitem__(self, path: Path) -> _Decoded:  # type: ignore[override]
+        try:
+            image = read_image(path)
+        except ValueError as exc:  # unreadable, truncated, or a mode with no 8-bit scale
+            return _Decoded(path, None, error=str(exc))
+        if self.half is not None:
+            w = image.width // 2
+            image = image.crop((0, 0, w, image.height) if self.half == "a" else (w, 0, 2 * w, image.height))
+        return _Decoded(path, _prepare(image, self.info, self.mode), image.size)
+
+
+def _as_is(item: _Decoded) -> _Decoded:
+    return item
 
 
 def predict_folder(
-    runner: tuple[Runner, ModelInfo], input_dir: Path, out_dir: Path, mode: Literal["resize", "pad"] = "resize"
-) -> list[Path]:
-    """Generate one output PNG per input image (same stem) into ``out_dir``."""
-    if Path(out_dir).resolve() == Path(input_dir).resolve():
+    runner: tuple[Runner, ModelInfo],
+    input_dir: Path,
+    out_dir: Path,
+    mode: Mode = "resize",
+    *,
+    batch_size: int | None = None,
+    workers: int | None = None,
+    strict: bool = False,
+    pairs: Pairs = "auto",
+    direction: str = "AtoB",
+    notice: Callable[[str], None] | None = None,
+) -> PredictSummary:
+    """Generate one output PNG per input image (same stem) into ``out_dir``, streaming the folder.
+
+    Outputs already in ``out_dir`` are skipped. Bad images are reported through ``notice`` (one line
+    each) and skipped, or with ``strict`` the first one stops the run with a ValueError naming it.
+    ``pairs``: auto refuses a folder whose images look like aligned A|B pairs; a or b takes that half
+    of each image as the input; whole feeds whole images without looking. Batches hold images of one
+    input size: in pad mode images of different sizes wait in per-size groups (at most 2 x batch_size
+    images in all; past that the fullest group runs, even if not full).
+    """
+    input_dir, out_dir = Path(input_dir), Path(out_dir)
+    if out_dir.resolve() == input_dir.resolve():
         raise ValueError(f"--out {out_dir} is the input folder: the outputs would replace the inputs; choose another")
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
-    files = list_images(input_dir)
-    if not files:
+    total = present = 0
+    for path in _image_entries(input_dir):
+        total += 1
+        present += _output_of(path, out_dir).exists()
+    if not total:
         raise ValueError(f"{input_dir}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) to predict")
+    if pairs == "auto" and (shaped := _pair_shaped(input_dir)):
+        half = _input_half(direction)
+        raise ValueError(
+            f"{input_dir}: looks like aligned A|B pairs (the first {shaped[0]} images are twice as wide as tall; "
+            f"{shaped[1]}), not model inputs: pass --pairs {half} to predict from the {half.upper()} half "
+            f"(data.direction {direction}), or --pairs whole to use whole images"
+        )
     run, info = runner
-    written = []
-    for path in tqdm(files, desc="predict", unit="image", disable=None):
-        result = predict_image(read_image(path), run, info, mode)
-        written.append(save_image_atomic(result, out_dir / f"{path.stem}.png"))
-    return written
+    batch_size = batch_size or default_batch_size(mode)
+    workers = default_workers() if workers is None else workers
+    notice = notice or (lambda line: tqdm.write(line, file=sys.stderr))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    todo = (p for p in _image_entries(input_dir) if not _output_of(p, out_dir).exists())
+    loader = DataLoader(
+        _Images(info, mode, None if pairs in ("auto", "whole") else pairs),
+        batch_size=None,
+        sampler=todo,  # type: ignore[arg-type]  # any iterable of keys: read lazily, a few ahead
+        num_workers=workers,
+        collate_fn=_as_is,
+        prefetch_factor=max(2, -(-2 * batch_size // workers)) if workers else None,
+    )
+    # The workers start before the lock is taken: a forked worker would share it and, orphaned by a
+    # kill -9 of this process, hold it for the seconds it takes to notice and exit.
+    decoded = iter(loader)
+    with _sole_writer(out_dir):
+        removed = _remove_temp_outputs(out_dir)
+        written, bad = 0, []
+        groups: dict[tuple[int, ...], list[_Decoded]] = {}
+        progress = tqdm(total=total - present, desc="predict", unit="image", disable=None)
+
+        def flush(key: tuple[int, ...]) -> None:
+            nonlocal written
+            items = groups.pop(key)
+            generated = run(_to_batch([item.array for item in items]))  # type: ignore[misc]
+            for item, image in zip(items, generated, strict=True):
+                save_image_atomic(_finish(image, item.size, mode), _output_of(item.path, out_dir))
+            written += len(items)
+            progress.update(len(items))
+
+        try:
+            for item in decoded:
+                if item.array is None:
+                    if strict:
+                        for key in list(groups):
+                            flush(key)
+                        raise ValueError(
+                            f"{item.error} (--strict: stopped at the first bad image; the {written} outputs "
+                            "written are kept; drop --strict to list and skip bad images)"
+                        )
+                    bad.append(str(item.path))
+                    notice(f"skipped: {item.error}")
+                    progress.update(1)
+                    continue
+                key = item.array.shape
+                groups.setdefault(key, []).append(item)
+                if len(groups[key]) >= batch_size:
+                    flush(key)
+                elif sum(map(len, groups.values())) >= 2 * batch_size:
+                    flush(max(groups, key=lambda k: len(groups[k])))
+            for key in list(groups):
+                flush(key)
+        finally:
+            progress.close()
+    return PredictSummary(out_dir, written, present, tuple(bad), removed)
