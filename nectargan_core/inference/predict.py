@@ -95,6 +95,10 @@ def default_batch_size(mode: Mode) -> int:
     return 8 if mode == "resize" else 1
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 @dataclass(frozen=True)
 class PredictSummary:
     """What a run over a folder did: outputs written now, outputs already there (skipped), bad inputs."""
@@ -106,13 +110,13 @@ class PredictSummary:
     removed_temp: int = 0
 
     def line(self) -> str:
-        parts = [f"{self.written} images written to {self.out_dir}"]
+        parts = [f"{_count(self.written, 'image')} written to {self.out_dir}"]
         if self.present:
             parts.append(f"{self.present} already there (skipped)")
         if self.bad:
-            parts.append(f"{len(self.bad)} bad images skipped (listed above)")
+            parts.append(f"{_count(len(self.bad), 'bad image')} skipped (listed above)")
         if self.removed_temp:
-            parts.append(f"{self.removed_temp} temp files of an interrupted run removed")
+            parts.append(f"{_count(self.removed_temp, 'temp file')} of an interrupted run removed")
         return "; ".join(parts)
 
 
