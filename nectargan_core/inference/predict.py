@@ -322,8 +322,8 @@ def predict_folder(
                         for key in list(groups):
                             flush(key)
                         raise ValueError(
-                            f"{item.error} (--strict: stopped at the first bad image; the {written} outputs "
-                            "written are kept; drop --strict to list and skip bad images)"
+                            f"{item.error} (--strict: stopped at the first bad image, {_count(written, 'output')} "
+                            "written by this run kept; drop --strict to list and skip bad images)"
                         )
                     bad.append(str(item.path))
                     notice(f"skipped: {item.error}")
