@@ -3,6 +3,7 @@ import json
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
@@ -10,8 +11,9 @@ from torchvision.models import alexnet
 
 from nectargan_core.cli import main
 from nectargan_core.data.sample import generate_sample_dataset
+from nectargan_core.inference import predict
 from nectargan_core.inference.evaluate import evaluate_checkpoint
-from nectargan_core.inference.onnx import PARITY_TOLERANCE, onnx_metadata
+from nectargan_core.inference.onnx import PARITY_TOLERANCE, cpu_cores, onnx_metadata, onnx_session
 from nectargan_core.settings import SampleDataSettings, with_changes
 from nectargan_core.stages import evaluate_stage, export_stage, predict_stage, train_stage
 from nectargan_core.tracking.tracker import Tracker
@@ -57,6 +59,20 @@ def test_onnx_export_matches_pytorch(trained, exported):
     tags = client.get_run(result.run_id).data.tags  # the ONNX file is a DVC output; MLflow says where and which
     assert tags["onnx_path"] == str(exported.path)
     assert tags["onnx_md5"] == hashlib.md5(exported.path.read_bytes()).hexdigest()
+
+
+def test_every_onnx_consumer_gets_the_tuned_session(exported, monkeypatch):
+    """One home for the session settings (measured in benchmarks/inference.py): predict gets them too."""
+    options = onnx_session(exported.path).get_session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (cpu_cores(), 1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert onnx_session(exported.path, threads=1).get_session_options().intra_op_num_threads == 1
+    opened = []
+    monkeypatch.setattr(predict, "onnx_session", lambda path: opened.append(path) or onnx_session(path))
+    run, _ = predict.load_runner(exported.path, torch.device("cpu"))
+    assert opened == [exported.path] and run(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
 
 
 def _odd_inputs(folder):

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from nectargan_core.files import IMAGE_SUFFIXES, list_images, read_image, save_image_atomic, to_uint8_rgb
 from nectargan_core.inference.generator import load_generator
-from nectargan_core.inference.onnx import onnx_metadata
+from nectargan_core.inference.onnx import onnx_metadata, onnx_session
 from nectargan_core.models import ModelInfo
 
 Runner = Callable[[torch.Tensor], torch.Tensor]  # 1 x C x H x W in [-1, 1] -> 1 x C' x H x W
@@ -37,10 +37,8 @@ def _from_checkpoint(path: Path, device: torch.device) -> tuple[Runner, ModelInf
 
 
 def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
-    import onnxruntime as ort
-
     meta = onnx_metadata(path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
