@@ -10,10 +10,12 @@ by the project's exporter into a temporary folder. Three variants run the same r
 
 Rounds alternate the variants, so drift in machine load hits every side alike; each round times
 ``--iters`` calls per variant and keeps their median, and the median round is reported, in ms per
-call (the whole batch), with each ONNX variant's ratio to eager.
+call (the whole batch), with each ONNX variant's ratio to eager. ``--sweep`` adds the session
+settings that were tried one change at a time from the tuned session (and eager on one thread),
+timed in the same interleaved rounds.
 
     .venv/bin/python benchmarks/inference.py --size 256 --rounds 3
-    .venv/bin/python benchmarks/inference.py --size 256 --batches 1 --rounds 9 --threads 1
+    .venv/bin/python benchmarks/inference.py --size 256 --rounds 5 --sweep
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ import onnxruntime as ort
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from nectargan_core.inference.onnx import PARITY_TOLERANCE, cpu_cores, onnx_session, write_generator_onnx
+from nectargan_core.inference.onnx import (
+    PARITY_TOLERANCE,
+    cpu_cores,
+    onnx_session,
+    session_options,
+    write_generator_onnx,
+)
 from nectargan_core.models import ModelInfo, build_generator
 from nectargan_core.settings import load_settings
 
@@ -52,6 +60,47 @@ def variants(generator: torch.nn.Module, onnx_path: Path, threads: int | None) -
         "eager": eager,
         "onnx default": lambda x: default.run(None, {"input": x})[0],
         "onnx": lambda x: tuned.run(None, {"input": x})[0],
+    }
+
+
+def sweep(generator: torch.nn.Module, onnx_path: Path, threads: int | None) -> dict[str, Callable]:
+    """The tuned session with one setting changed, and eager on one thread."""
+
+    def session(change: Callable[[ort.SessionOptions], None]) -> ort.InferenceSession:
+        options = session_options(threads)
+        change(options)
+        return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+    one = onnx_session(onnx_path, threads=1)
+    spinning = session(lambda o: o.add_session_config_entry("session.intra_op.allow_spinning", "1"))
+    no_arena = session(lambda o: setattr(o, "enable_cpu_mem_arena", False))
+    extended = session(lambda o: setattr(o, "graph_optimization_level", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED))
+    bound = onnx_session(onnx_path, threads)
+
+    def io_binding(x: np.ndarray) -> np.ndarray:  # the output written into a preallocated array
+        out = np.empty((x.shape[0], bound.get_outputs()[0].shape[1], *x.shape[2:]), dtype=np.float32)
+        binding = bound.io_binding()
+        binding.bind_cpu_input("input", x)
+        binding.bind_output("output", "cpu", 0, np.float32, list(out.shape), out.ctypes.data)
+        bound.run_with_iobinding(binding)
+        return out
+
+    def eager_one_thread(x: np.ndarray) -> np.ndarray:
+        before = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            with torch.inference_mode():
+                return generator(torch.from_numpy(x)).numpy()
+        finally:
+            torch.set_num_threads(before)
+
+    return {
+        "onnx, 1 thread": lambda x: one.run(None, {"input": x})[0],
+        "onnx, spinning threads": lambda x: spinning.run(None, {"input": x})[0],
+        "onnx, no memory arena": lambda x: no_arena.run(None, {"input": x})[0],
+        "onnx, ORT_ENABLE_EXTENDED (no NCHWc)": lambda x: extended.run(None, {"input": x})[0],
+        "onnx, IO binding": io_binding,
+        "eager, 1 thread": eager_one_thread,
     }
 
 
@@ -81,6 +130,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="alternating rounds per variant (median reported)")
     parser.add_argument("--iters", type=int, default=3, help="calls per variant per round (their median)")
     parser.add_argument("--threads", type=int, default=None, help="the tuned session's threads (default: cores)")
+    parser.add_argument("--sweep", action="store_true", help="also time the session settings tried one by one")
     parser.add_argument("--params", default="params.yaml", help="model settings (random weights)")
     parser.add_argument("--set", dest="overrides", nargs="*", default=[], help="KEY=VALUE settings overrides")
     args = parser.parse_args()
@@ -104,6 +154,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = write_generator_onnx(generator, info, 0, Path(folder) / "generator.onnx")
         runs = variants(generator, path, args.threads)
+        if args.sweep:
+            ort.set_default_logger_severity(3)  # overriding a session config entry warns
+            runs |= sweep(generator, path, args.threads)
         print(
             f"{'size':>5} {'batch':>5} {'eager ms':>9} {'onnx default ms':>16} {'onnx ms':>8} "
             f"{'default/eager':>14} {'onnx/eager':>11}"
@@ -117,6 +170,8 @@ def main() -> None:
                 f"{default / eager:>14.3f} {tuned / eager:>11.3f}",
                 flush=True,
             )
+            for name in list(ms)[len(VARIANTS) :]:
+                print(f"{'':>11} {name:<38} {ms[name]:>8.1f} ms {ms[name] / eager:>8.3f} x eager", flush=True)
 
 
 if __name__ == "__main__":
