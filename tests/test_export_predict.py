@@ -1,12 +1,15 @@
 import hashlib
+import importlib.util
 import json
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from PIL import Image
@@ -15,14 +18,19 @@ from torchvision.models import alexnet
 from nectargan_core.cli import main
 from nectargan_core.data.sample import generate_sample_dataset
 from nectargan_core.files import read_image
+from nectargan_core.inference import onnx as onnx_module
+from nectargan_core.inference import predict
 from nectargan_core.inference.evaluate import evaluate_checkpoint
-from nectargan_core.inference.onnx import PARITY_TOLERANCE, onnx_metadata
+from nectargan_core.inference.generator import load_generator
+from nectargan_core.inference.onnx import PARITY_TOLERANCE, cpu_cores, onnx_metadata, onnx_session
 from nectargan_core.inference.predict import load_runner, predict_image
 from nectargan_core.settings import SampleDataSettings, with_changes
 from nectargan_core.stages import evaluate_stage, export_stage, predict_stage, train_stage
 from nectargan_core.tracking.tracker import Tracker
 
 from .helpers import tiny_settings
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +71,36 @@ def test_onnx_export_matches_pytorch(trained, exported):
     tags = client.get_run(result.run_id).data.tags  # the ONNX file is a DVC output; MLflow says where and which
     assert tags["onnx_path"] == str(exported.path)
     assert tags["onnx_md5"] == hashlib.md5(exported.path.read_bytes()).hexdigest()
+
+
+def test_every_onnx_consumer_gets_the_tuned_session(exported, monkeypatch):
+    """One home for the session settings (measured in benchmarks/inference.py): predict gets them too."""
+    options = onnx_session(exported.path).get_session_options()
+    assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
+    assert (options.intra_op_num_threads, options.inter_op_num_threads) == (cpu_cores(), 1)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert onnx_session(exported.path, threads=1).get_session_options().intra_op_num_threads == 1
+    opened = []
+    monkeypatch.setattr(onnx_module, "onnx_session", lambda path: opened.append(path) or onnx_session(path))
+    run, _ = predict.load_runner(exported.path, torch.device("cpu"))
+    assert opened == [exported.path] and run(torch.zeros(1, 3, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_inference_benchmark_times_every_variant_on_matching_outputs(trained, exported):
+    """The benchmark's variants agree with eager within the parity bound (it refuses to time them otherwise)."""
+    spec = importlib.util.spec_from_file_location("inference_bench", BENCHMARKS / "inference.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    generator = load_generator(trained[2].checkpoint, torch.device("cpu")).generator
+    runs = bench.variants(generator, exported.path, threads=1)
+    runs |= bench.sweep(generator, exported.path, threads=1)
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    ms = bench.measure(runs, x, rounds=1, iters=1)
+    assert list(ms)[:3] == list(bench.VARIANTS) and len(ms) == 9 and all(value > 0 for value in ms.values())
+    runs["onnx"] = lambda batch: runs["eager"](batch) + 2 * PARITY_TOLERANCE
+    with pytest.raises(RuntimeError, match="onnx differs from eager"):
+        bench.measure(runs, x, rounds=1, iters=1)
 
 
 def _odd_inputs(folder):

@@ -47,12 +47,10 @@ def _from_checkpoint(path: Path, device: torch.device) -> tuple[Runner, ModelInf
 
 
 def _from_onnx(path: Path) -> tuple[Runner, ModelInfo]:
-    import onnxruntime as ort
-
-    from nectargan_core.inference.onnx import onnx_metadata  # onnx: only for an ONNX file
+    from nectargan_core.inference.onnx import onnx_metadata, onnx_session  # onnx: only for an ONNX file
 
     meta = onnx_metadata(path)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = onnx_session(path)
 
     def run(x: torch.Tensor) -> torch.Tensor:
         return torch.from_numpy(session.run(None, {"input": x.numpy()})[0])
