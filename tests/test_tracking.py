@@ -1,11 +1,10 @@
 import csv
 import hashlib
+import importlib.util
 import json
-import os
-import socket
-import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -13,9 +12,12 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from mlflow.exceptions import MlflowException
 
 from nectargan_core.checkpoint import CheckpointError
 from nectargan_core.inference.generator import load_generator
+from nectargan_core.inference.inputs import InputError, check_model_input
+from nectargan_core.models import ModelInfo
 from nectargan_core.settings import with_changes
 from nectargan_core.stages import evaluate_stage, examples_stage, train_stage
 from nectargan_core.tracking.registry import RegistryError, download_checkpoint, input_example, model_metadata
@@ -23,7 +25,7 @@ from nectargan_core.tracking.tracker import Tracker, TrackingUnavailable, settin
 
 from .helpers import epoch_rows, tiny_settings
 
-BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny(root, project, **train):
@@ -201,7 +203,8 @@ def test_the_registered_version_is_an_mlflow_model(trained):
     with torch.no_grad():
         assert np.array_equal(generated, trained_generator(torch.from_numpy(example)).numpy())
     signature = model.metadata.signature
-    assert signature.inputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 3, -1, -1)}
+    assert signature.inputs is None  # the model checks its input (one-line reasons), not MLflow's schema
+    assert signature.outputs.to_dict()[0]["tensor-spec"] == {"dtype": "float32", "shape": (-1, 3, -1, -1)}
     local = Path(mlflow.artifacts.download_artifacts("models:/nectargan-generator/1", dst_path=str(project / "m")))
     assert (local / "generator_model.py").read_text().startswith('"""The registered model')  # code, not a pickle
     assert "loader_module: mlflow.pyfunc.loaders.code_model" in (local / "MLmodel").read_text()
@@ -210,49 +213,119 @@ def test_the_registered_version_is_an_mlflow_model(trained):
     assert "torch==" in (local / "requirements.txt").read_text()
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+SERVE_LOAD = ROOT / "benchmarks" / "serve_load.py"
 
 
-@pytest.mark.slow
-def test_mlflow_models_serve_answers_invocations(trained):
+def _serve_load():
+    """benchmarks/serve_load.py as a module (it starts locust in a subprocess; importing it imports no locust)."""
+    if "serve_load" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("serve_load", SERVE_LOAD)
+        sys.modules["serve_load"] = importlib.util.module_from_spec(spec)  # its dataclass looks itself up there
+        spec.loader.exec_module(sys.modules["serve_load"])
+    return sys.modules["serve_load"]
+
+
+TINY_INFO = ModelInfo(input_channels=3, output_channels=3, crop_size=32, side_multiple=16)
+GOOD = np.zeros((2, 3, 32, 48), np.float32)
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ([[[[0.5, "x"]]]], "inputs must be numbers (float32 in [-1, 1]); got strings"),
+        (GOOD > 0, "inputs must be numbers (float32 in [-1, 1]); got booleans"),
+        ([[[[0.0, 0.0]], [[0.0]]]], "inputs must be a regular N x C x H x W array; the nested lists are ragged"),
+        (GOOD[0], "inputs must be N x 3 x H x W (4 dimensions); got shape 3 x 32 x 48"),
+        (GOOD[:, :1], "inputs must have 3 channels (N x 3 x H x W); got shape 2 x 1 x 32 x 48"),
+        (GOOD[:0], "a request holds 1 to 16 images; got 0 (split the batch)"),
+        (np.zeros((17, 3, 16, 16)), "a request holds 1 to 16 images; got 17 (split the batch)"),
+        (np.zeros((1, 3, 100, 100)), "height and width must be multiples of 16; got 100 x 100"),
+        (GOOD[..., :0], "height and width must be multiples of 16; got 32 x 0"),
+        (GOOD + np.nan, "values must be finite numbers in [-1, 1]; got NaN or infinity"),
+        (GOOD - 1.5, "values must be in [-1, 1]; got min -1.5, max -1.5"),
+    ],
+)
+def test_serve_input_check_names_the_problem(value, reason):
+    with pytest.raises(InputError) as info:
+        check_model_input(value, TINY_INFO)
+    assert str(info.value) == reason
+
+
+def test_serve_input_check_passes_good_input_as_float32():
+    assert check_model_input(GOOD, TINY_INFO) is GOOD  # no copy
+    ints = check_model_input(np.ones((1, 3, 16, 16), np.int64), TINY_INFO)
+    assert ints.dtype == np.float32 and ints.max() == 1.0
+    assert check_model_input(np.zeros((4, 3, 16, 16)), TINY_INFO, max_batch=4).dtype == np.float32
+    with pytest.raises(InputError, match="got 5"):
+        check_model_input(np.zeros((5, 3, 16, 16)), TINY_INFO, max_batch=4)
+
+
+def test_the_pyfunc_refuses_bad_input_with_one_line(trained):
+    model = mlflow.pyfunc.load_model("models:/nectargan-generator/1")
+    with pytest.raises(MlflowException) as info:
+        model.predict(np.zeros((1, 3, 36, 36), np.float32))  # the tiny model's multiple is 8
+    assert info.value.error_code == "INVALID_PARAMETER_VALUE"
+    assert info.value.message == "height and width must be multiples of 8; got 36 x 36"
+    info.value.message = f"Failed to predict data '{np.zeros((2, 2))}'. \nError: {info.value.message}"  # as the server
+    assert info.value.message == "height and width must be multiples of 8; got 36 x 36"
+
+
+@pytest.fixture(scope="module")
+def served(trained):
+    """`mlflow models serve` of the fixture's version 1 on a free loopback port: (url, server process, result)."""
     project, _, result, tracker = trained
-    port = _free_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracker.uri, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
-    log = project / "serve.log"
-    with log.open("w") as handle:
-        server = subprocess.Popen(
-            [
-                *(str(BIN / "mlflow"), "models", "serve", "-m", "models:/nectargan-generator/1"),
-                *("--env-manager", "local", "--host", "127.0.0.1", "--port", str(port)),
-            ],
-            env=env,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-        )
+    server, url = _serve_load().start_server(tracker.uri, "models:/nectargan-generator/1", project / "serve.log")
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2):
-                    break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
-                time.sleep(1)
-        example = np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
-        request = urllib.request.Request(
-            f"http://127.0.0.1:{port}/invocations",
-            data=json.dumps({"inputs": example.tolist()}).encode(),
-            headers={"Content-Type": "application/json"},
-        )
-        with urllib.request.urlopen(request, timeout=60) as response:
-            answer = np.asarray(json.loads(response.read())["predictions"], dtype=np.float32)
-        generator = load_generator(result.checkpoint, torch.device("cpu")).generator
-        with torch.no_grad():
-            expected = generator(torch.from_numpy(example)).numpy()
-        assert answer.shape == (2, 3, 32, 32) and np.abs(answer - expected).max() < 1e-5
+        yield url, server, result
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+# One bad request of each kind: (body or array, the answer's one-line message); the tiny model's multiple is 8.
+BAD_REQUESTS = [
+    (np.zeros((3, 32, 32)), "inputs must be N x 3 x H x W (4 dimensions); got shape 3 x 32 x 32"),
+    (np.zeros((1, 1, 32, 32)), "inputs must have 3 channels (N x 3 x H x W); got shape 1 x 1 x 32 x 32"),
+    (np.zeros((1, 3, 100, 100)), "height and width must be multiples of 8; got 100 x 100"),
+    (np.full((1, 3, 8, 8), "a"), "inputs must be numbers (float32 in [-1, 1]); got strings"),
+    (np.full((1, 3, 8, 8), 2.0), "values must be in [-1, 1]; got min 2, max 2"),
+    (np.zeros((17, 3, 8, 8)), "a request holds 1 to 16 images; got 17 (split the batch)"),
+]
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{url}/invocations", data=body, headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read())
+
+
+@pytest.mark.slow
+def test_mlflow_models_serve_answers_invocations(served):
+    url, _server, result = served
+    example = np.random.default_rng(1).uniform(-1, 1, (2, 3, 32, 32)).astype(np.float32)
+    generator = load_generator(result.checkpoint, torch.device("cpu")).generator
+    with torch.no_grad():
+        expected = generator(torch.from_numpy(example)).numpy()
+    status, answer = _post(url, json.dumps({"inputs": example.tolist()}).encode())
+    assert status == 200
+    assert np.abs(np.asarray(answer["predictions"], np.float32) - expected).max() < 1e-5
+    for array, message in BAD_REQUESTS:  # 400 with the reason on one line, no traceback
+        status, answer = _post(url, json.dumps({"inputs": array.tolist()}).encode())
+        assert (status, answer["error_code"], answer["message"]) == (400, "INVALID_PARAMETER_VALUE", message)
+        assert "stack_trace" not in answer
+    status, answer = _post(url, b"not json")  # MLflow answers before the model: it echoes the body after a newline
+    assert status == 400 and answer["message"].startswith("Invalid input. Ensure that input is a valid JSON")
+    assert "stack_trace" not in answer
+    status, answer = _post(url, json.dumps({"inputs": example.tolist()}).encode())  # still serving
+    assert status == 200 and np.abs(np.asarray(answer["predictions"], np.float32) - expected).max() < 1e-5
+
+
+@pytest.mark.slow
+def test_serve_load_eight_users_all_answered_memory_bounded(served):
+    url, server, _ = served
+    load = _serve_load().run_load(url, server.pid, size=32, users=8, requests=32, batch=2, time_limit_s=180)
+    assert load.errors == {} and len(load.latencies_ms) == 32, load.log  # every answer 200, 2 x 3 x 32 x 32, in [-1, 1]
+    assert load.rss_after_mib < 1.25 * load.rss_before_mib + 64, (load.rss_before_mib, load.rss_after_mib)

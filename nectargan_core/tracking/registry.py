@@ -3,9 +3,10 @@
 A version is a pyfunc logged as models-from-code (``generator_model.py``; no pickle) whose one
 artifact is the run's final full state, ``latest.pt``, read back with ``weights_only=True``: the
 model generates with its generator, and continuing from the version goes on from exactly where
-training stopped, from the same file (one copy in MLflow, not two). It has a signature (float32
-N x C x H x W in [-1, 1]), an input example and the project's pinned requirements, so
-``mlflow.pyfunc.load_model`` and ``mlflow models serve`` work on it.
+training stopped, from the same file (one copy in MLflow, not two). It has an output signature
+(float32 N x C x H x W), an input example (float32 N x C x H x W in [-1, 1], which the model checks
+itself) and the project's pinned requirements, so ``mlflow.pyfunc.load_model`` and ``mlflow models
+serve`` work on it.
 """
 
 from __future__ import annotations
@@ -64,9 +65,11 @@ def model_metadata(settings: Settings, epoch: int) -> dict[str, int]:
 
 
 def _signature(info: dict[str, int]) -> ModelSignature:
-    inputs = Schema([TensorSpec(np.dtype(np.float32), (-1, info["input_channels"], -1, -1))])
+    """The output's tensor spec only. An input spec would make MLflow refuse a wrong rank or channel
+    count before the model sees it, with a message that repeats the whole input twice; the model checks
+    its input itself (generator_model.py) and answers one line naming the problem."""
     outputs = Schema([TensorSpec(np.dtype(np.float32), (-1, info["output_channels"], -1, -1))])
-    return ModelSignature(inputs=inputs, outputs=outputs)
+    return ModelSignature(outputs=outputs)
 
 
 def input_example(info: dict[str, int]) -> np.ndarray:
