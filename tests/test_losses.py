@@ -5,6 +5,7 @@ import torch
 from torchvision.models import vgg19
 
 from nectargan_core.losses.gan import adversarial_loss, discriminator_loss, generator_adversarial_loss
+from nectargan_core.losses.metrics import psnr, ssim
 from nectargan_core.losses.objective import GeneratorObjective
 from nectargan_core.losses.perceptual import (
     VGGPerceptualLoss,
@@ -174,3 +175,18 @@ def test_a_schedule_whose_start_is_its_end_steps_to_the_target_there(kind):
     """end_epoch is where the target is reached, also when it is the start epoch."""
     step = WeightSchedule(kind=kind, initial=1.0, target=8.0, start_epoch=4, end_epoch=4)
     assert [scheduled_weight(step, e) for e in (1, 3, 4, 5)] == [1.0, 1.0, 8.0, 8.0]
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 32, 32), (2, 1, 64, 48), (1, 3, 256, 256)])
+def test_psnr_and_ssim_are_torchmetrics_numbers_bit_for_bit(shape):
+    """The metrics are computed here (torchmetrics costs seconds of import per process); same numbers."""
+    from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+    generator = torch.Generator().manual_seed(0)
+    real = torch.rand(shape, generator=generator)
+    fake = (real + 0.1 * torch.randn(shape, generator=generator)).clamp(0, 1)
+    expected_ssim = structural_similarity_index_measure(fake, real, data_range=1.0, reduction="none")
+    expected_psnr = peak_signal_noise_ratio(fake, real, data_range=1.0, reduction="none", dim=(1, 2, 3))
+    assert torch.equal(ssim(fake, real), expected_ssim)
+    assert torch.equal(psnr(fake, real), expected_psnr)
+    assert torch.equal(ssim(real, real), torch.ones(shape[0]))
