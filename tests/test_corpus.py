@@ -281,7 +281,7 @@ CASES: dict[str, Case] = {
     "evaluate without a run": Case("evaluate -s train.output_dir={p}/fresh", ("fresh",)),
     "examples without a run": Case("examples -s train.output_dir={p}/fresh", ("fresh",)),
     "predict a text file": Case(
-        "predict --model {p}/" + TRAIN + "/checkpoints/latest.pt --input {p}/in --out {p}/o",
+        "predict --strict --model {p}/" + TRAIN + "/checkpoints/latest.pt --input {p}/in --out {p}/o",
         ("notes.png",),
         _then(_image("in/good.png", RGB), _write("in/notes.png", "text")),
     ),

@@ -89,12 +89,13 @@ def test_a_bare_state_dict_is_not_a_checkpoint(project, tmp_path, capsys):
 
 
 def test_bad_images_among_the_inputs_and_a_corrupt_onnx(project, tmp_path, capsys):
+    """--strict stops at a bad input, naming it (without it, bad inputs are listed and skipped)."""
     base, params = project
     model = base / "outputs" / "train" / "checkpoints" / "latest.pt"
     inputs = tmp_path / "in"
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(_file(inputs / "good.png", b""))
     text = _file(inputs / "notes.png", b"this is text, not a PNG")
-    args = ["predict", "--params", str(params), "--model", str(model), "--input", str(inputs)]
+    args = ["predict", "--strict", "--params", str(params), "--model", str(model), "--input", str(inputs)]
     _fail(capsys, [*args, "--out", str(tmp_path / "out")], str(text), "not a readable image")
     text.unlink()
     Image.fromarray(np.full((16, 16), 0.5, np.float32)).save(deep := inputs / "deep.tif")
