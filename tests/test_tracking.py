@@ -329,3 +329,31 @@ def test_serve_load_eight_users_all_answered_memory_bounded(served):
     load = _serve_load().run_load(url, server.pid, size=32, users=8, requests=32, batch=2, time_limit_s=180)
     assert load.errors == {} and len(load.latencies_ms) == 32, load.log  # every answer 200, 2 x 3 x 32 x 32, in [-1, 1]
     assert load.rss_after_mib < 1.25 * load.rss_before_mib + 64, (load.rss_before_mib, load.rss_after_mib)
+
+
+def test_a_new_store_is_a_copy_of_the_migrated_empty_one(tmp_path, monkeypatch):
+    """New embedded stores copy one migrated empty store (made once per MLflow version in the cache);
+    each still gets MLflow's Default experiment and ours with its artifacts beside it. Without a
+    writable cache MLflow migrates the new file itself."""
+    import sqlite3
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cfg = tiny_settings(tmp_path).tracking
+    template = tmp_path / "cache" / "nectargan" / f"mlflow-{mlflow.__version__}-empty.db"
+    made = None
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        tracker = Tracker.connect(cfg, tmp_path / name)
+        made = made or template.stat().st_mtime_ns
+        assert template.stat().st_mtime_ns == made  # made once, then copied
+        found = {e.name: e.artifact_location for e in tracker.client.search_experiments()}
+        assert found == {"Default": found["Default"], cfg.experiment: (tmp_path / name / "mlruns").as_uri()}
+    with sqlite3.connect(template) as db:
+        assert db.execute("select count(*) from experiments").fetchone() == (0,)  # tables only
+    assert not list(template.parent.glob(".*.tmp")) and not list((tmp_path / "b").glob(".*.tmp"))
+
+    (tmp_path / "file").write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))
+    (tmp_path / "c").mkdir()
+    tracker = Tracker.connect(cfg, tmp_path / "c")
+    assert cfg.experiment in {e.name for e in tracker.client.search_experiments()}

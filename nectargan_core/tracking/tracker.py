@@ -25,7 +25,7 @@ from nectargan_core.files import held_lock
 from nectargan_core.layout import parity_path
 from nectargan_core.settings import Settings, TrackingSettings, flatten_dotted, refuse_credentials
 from nectargan_core.tracking.provenance import file_md5
-from nectargan_core.tracking.sqlite_store import LOCKED, PatientClient, patient
+from nectargan_core.tracking.sqlite_store import LOCKED, PatientClient, patient, seed_new_store
 
 if TYPE_CHECKING:
     from nectargan_core.inference.evaluate import EvaluationResult
@@ -166,10 +166,12 @@ class Tracker:
             )
         mlflow.set_tracking_uri(uri)
         mlflow.set_registry_uri(uri)
-        # A new SQLite store is created (its tables migrated) on first use, by the tracking store and
-        # the registry store each: one process at a time, and both inside the lock.
+        # A new SQLite store is created (a migrated empty copy, else its tables migrated by the tracking
+        # store and the registry store each) on first use: one process at a time, inside the lock.
         try:
             with _sqlite_lock(uri):
+                if embedded(uri):
+                    seed_new_store(Path(uri.removeprefix("sqlite:///")))
                 client = MlflowClient(uri, uri)
                 found = client.get_experiment_by_name(cfg.experiment)
                 client.search_registered_models(max_results=1)
