@@ -101,8 +101,9 @@ def test_team_postgres_mlflow_server_train_register_continue_predict_compare_swe
     assert current.version == "2" and current.tags["epoch"] == "3"
     assert client.get_run(current.run_id).data.params["train.continue_from"] == f"models:/{MODEL_OF_TEAM}@current"
 
-    inputs = sample_root / "test"
-    nectargan("predict", "--model", f"models:/{MODEL_OF_TEAM}@current", "--input", str(inputs), "--out", "predicted")
+    inputs = sample_root / "test"  # aligned A|B pairs: the model's input is the A half
+    model = f"models:/{MODEL_OF_TEAM}@current"
+    nectargan("predict", "--model", model, "--input", str(inputs), "--pairs", "a", "--out", "predicted")
     assert sorted(p.name for p in (tmp_path / "predicted").iterdir()) == sorted(p.name for p in inputs.iterdir())
 
     nectargan("compare")
