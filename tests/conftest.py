@@ -35,8 +35,9 @@ LONGEST_FIRST = (
     "test_signals",
     "test_team",
     "test_distributed",
-    "test_benchmarks",
     "test_deployments",
+    "test_benchmarks",
+    "test_speed_settings",
     "test_export_predict",
 )
 
