@@ -24,6 +24,8 @@ from typing import Any, TypeVar
 
 import mlflow
 
+from nectargan_core.files import atomic_path, write_atomic
+
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 LOCKED = "database is locked"
@@ -62,12 +64,10 @@ def seed_new_store(database: Path) -> None:
     itself. Without a writable cache MLflow migrates the new file, as it always did."""
     if database.exists() or not database.parent.is_dir():  # MLflow says what is wrong with the path
         return
-    partial = database.with_name(f".{database.name}.{os.getpid()}.tmp")
     try:
-        shutil.copyfile(_migrated_empty_store(), partial)
-        os.replace(partial, database)
+        template = _migrated_empty_store()
+        write_atomic(database, lambda partial: shutil.copyfile(template, partial))
     except OSError as exc:
-        partial.unlink(missing_ok=True)
         log.debug("no migrated empty MLflow store copied (%s); MLflow migrates %s", exc, database)
 
 
@@ -80,13 +80,10 @@ def _migrated_empty_store() -> Path:
     template = cache / f"mlflow-{mlflow.__version__}-empty.db"
     if template.is_file():
         return template
-    cache.mkdir(parents=True, exist_ok=True)
-    partial = cache / f".{template.name}.{os.getpid()}.tmp"
-    partial.unlink(missing_ok=True)
-    engine = sqlalchemy.create_engine(f"sqlite:///{partial}")
-    try:
-        _initialize_tables(engine)
-    finally:
-        engine.dispose()
-    os.replace(partial, template)
+    with atomic_path(template) as partial:  # an empty file: SQLite takes it as a new database
+        engine = sqlalchemy.create_engine(f"sqlite:///{partial}")
+        try:
+            _initialize_tables(engine)
+        finally:
+            engine.dispose()
     return template
