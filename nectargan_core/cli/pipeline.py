@@ -158,7 +158,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         "--workers",
         type=_not_negative,
         default=None,
-        help="image decoding processes (default: cores - 1, at most 4; 0: none)",
+        help="image decoding threads (default: cores - 1, at most 4; 0: decode in turn with the model)",
     )
     p.add_argument(
         "--strict", action="store_true", help="stop at the first bad image instead of listing and skipping it"

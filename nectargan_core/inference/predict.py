@@ -5,7 +5,7 @@ Two ways to meet the generator's size rules (documented in docs/pipeline.md):
   pad     pad (edge-replicate) right and bottom to the next multiple of 2^(n_downs+2), generate at
           full resolution, crop back (the UNet is fully convolutional)
 
-A folder is streamed: its file names are read lazily, DataLoader workers decode the images, the
+A folder is streamed: its file names are read lazily, threads decode the images a few ahead, the
 model runs on batches and each output is written atomically, so memory stays flat however many
 images the folder holds. An output already present is complete (atomic writes) and is skipped, so
 a rerun after a kill continues where it stopped; the temp files a killed run left are removed.
@@ -17,7 +17,9 @@ import fcntl
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,7 +28,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from nectargan_core.files import IMAGE_SUFFIXES, Locked, printable, read_image, save_image_atomic, to_uint8_rgb
@@ -84,7 +85,7 @@ _TEMP_OUTPUT = re.compile(r"^\..+\.png\.[A-Za-z0-9_]+\.tmp$")
 
 
 def default_workers() -> int:
-    """DataLoader workers when not given: one core is left to the model, at most 4."""
+    """Decoding threads when not given: one core is left to the model, at most 4."""
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
@@ -220,13 +221,13 @@ class _Decoded:
     error: str = ""
 
 
-class _Images(Dataset):
-    """Decodes one image file (in a DataLoader worker); the sampler hands it the paths lazily."""
+class _Decoder:
+    """Decodes one image file into the model's input, or says why it cannot."""
 
     def __init__(self, info: ModelInfo, mode: Mode, half: str | None) -> None:
         self.info, self.mode, self.half = info, mode, half
 
-    def __getitem__(self, path: Path) -> _Decoded:  # type: ignore[override]
+    def __call__(self, path: Path) -> _Decoded:
         try:
             image = read_image(path)
         except ValueError as exc:  # unreadable, truncated, or a mode with no 8-bit scale
@@ -237,8 +238,25 @@ class _Images(Dataset):
         return _Decoded(path, _prepare(image, self.info, self.mode), image.size)
 
 
-def _as_is(item: _Decoded) -> _Decoded:
-    return item
+def _decoded(decode: _Decoder, paths: Iterable[Path], workers: int, ahead: int) -> Iterator[_Decoded]:
+    """``decode`` over ``paths`` in order, ``workers`` threads at most ``ahead`` images ahead (PIL and
+    numpy release the GIL while they decode and resize). Threads, not processes: a process forked
+    from one that runs other threads (an MLflow client, a Prefect flow run) can die before it says
+    why, and a killed predict leaves no orphan behind."""
+    if not workers:
+        yield from map(decode, paths)
+        return
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="predict-decode")
+    pending: deque[Future[_Decoded]] = deque()
+    try:
+        for path in paths:
+            pending.append(pool.submit(decode, path))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        pool.shutdown(cancel_futures=True)
 
 
 def predict_folder(
@@ -287,18 +305,9 @@ def predict_folder(
     notice = notice or (lambda line: tqdm.write(line, file=sys.stderr))
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = (p for p in _image_entries(input_dir) if not _output_of(p, out_dir).exists())
-    loader = DataLoader(
-        _Images(info, mode, None if pairs in ("auto", "whole") else pairs),
-        batch_size=None,
-        sampler=todo,  # type: ignore[arg-type]  # any iterable of keys: read lazily, a few ahead
-        num_workers=workers,
-        collate_fn=_as_is,
-        prefetch_factor=max(2, -(-2 * batch_size // workers)) if workers else None,
-    )
-    # The workers start before the lock is taken: a forked worker would share it and, orphaned by a
-    # kill -9 of this process, hold it for the seconds it takes to notice and exit.
-    decoded = iter(loader)
+    decode = _Decoder(info, mode, None if pairs in ("auto", "whole") else pairs)
     with _sole_writer(out_dir):
+        decoded = _decoded(decode, todo, workers, ahead=2 * batch_size)
         removed = _remove_temp_outputs(out_dir)
         written, bad = 0, []
         groups: dict[tuple[int, ...], list[_Decoded]] = {}
@@ -336,5 +345,6 @@ def predict_folder(
             for key in list(groups):
                 flush(key)
         finally:
+            decoded.close()  # stops the decoding threads now, not when the generator is collected
             progress.close()
     return PredictSummary(out_dir, written, present, tuple(bad), removed)
