@@ -43,6 +43,29 @@ _UMASK = _read_umask()  # read once at import: os.umask can only be read by sett
 # ---------------------------------------------------------------- atomic writes
 
 
+_TEMP_SUFFIX = ".tmp"  # atomic_path's temp file for NAME: .NAME.<random>.tmp
+
+
+def remove_stale_temp_files(folder: Path, of_suffix: str = "") -> list[Path]:
+    """Remove the temp files a killed process left in ``folder`` (an atomic write that never got to
+    its rename; only those for targets ending in ``of_suffix`` if given) and return them. Scans
+    lazily: the folder may hold many thousand outputs."""
+    removed = []
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            parts = entry.name[1:].rsplit(".", 2)  # NAME, <random>, tmp
+            if (
+                entry.name.startswith(".")
+                and entry.name.endswith(_TEMP_SUFFIX)
+                and len(parts) == 3
+                and parts[0].endswith(of_suffix)
+                and entry.is_file(follow_symlinks=False)
+            ):
+                Path(entry.path).unlink(missing_ok=True)
+                removed.append(Path(entry.path))
+    return removed
+
+
 @contextmanager
 def naming(path: Path, *stand_ins: Path) -> Iterator[None]:
     """Name ``path`` in an OSError raised while the block writes it: a full disk reports no file name,
@@ -64,7 +87,7 @@ def atomic_path(path: Path, durable: bool = False) -> Iterator[Path]:
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     with naming(path):
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TEMP_SUFFIX, dir=path.parent)
     tmp = Path(name)
     os.fchmod(fd, 0o666 & ~_UMASK)
     os.close(fd)
@@ -155,15 +178,20 @@ def held_lock(path: Path, what: str, wait: bool = False) -> Iterator[None]:
 # ---------------------------------------------------------------- image files
 
 
-def is_image_file(path: Path) -> bool:
-    return path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
+def iter_images(folder: Path) -> Iterator[Path]:
+    """Plain files with an image suffix, lazily in directory order: a folder to predict may hold more
+    names than are worth listing at once."""
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
+                yield Path(entry.path)
 
 
 def list_images(folder: Path) -> list[Path]:
     """Plain files with an image suffix, sorted by name: what the dataset loads. Missing folder = []."""
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if is_image_file(p))
+    return sorted(iter_images(folder))
 
 
 # 16-bit modes (as ``image_mode`` names them): read as 8 bits per channel by keeping each value's high

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from nectargan_core.cli import main
+from nectargan_core.files import atomic_path, remove_stale_temp_files
 from nectargan_core.layout import (
     EvaluationPaths,
     RunPaths,
@@ -107,3 +108,17 @@ def test_a_command_without_the_run_names_the_configured_folder(moved_run, monkey
     monkeypatch.chdir(base)
     assert main(["montage", "--params", str(params), "-s", f"train.output_dir={base / 'nowhere'}"]) == 2
     assert str(base / "nowhere" / "examples") in capsys.readouterr().err
+
+
+def test_a_killed_writes_temp_file_is_found_by_its_target_and_nothing_else(tmp_path):
+    """The temp file names atomic_path makes are the ones the clean-ups of a killed run remove."""
+    kept = [tmp_path / name for name in (".hidden", "a.tmp", "run.png", ".b.jpg.x1.tmp")]
+    for path in kept:
+        path.write_text("kept")
+    with atomic_path(tmp_path / "out.png") as temp:  # as a kill mid-write leaves it
+        temp.write_text("half")
+        assert remove_stale_temp_files(tmp_path, ".png") == [temp]
+        temp.write_text("half")
+    assert (tmp_path / "out.png").read_text() == "half"
+    assert sorted(p.name for p in remove_stale_temp_files(tmp_path)) == [".b.jpg.x1.tmp"]
+    assert all(path.exists() for path in kept[:3])

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import re
 import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -30,7 +29,16 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from nectargan_core.files import IMAGE_SUFFIXES, Locked, printable, read_image, save_image_atomic, to_uint8_rgb
+from nectargan_core.files import (
+    IMAGE_SUFFIXES,
+    Locked,
+    iter_images,
+    printable,
+    read_image,
+    remove_stale_temp_files,
+    save_image_atomic,
+    to_uint8_rgb,
+)
 from nectargan_core.inference.generator import load_generator
 from nectargan_core.models import ModelInfo
 
@@ -80,8 +88,6 @@ def load_runner(path: Path, device: torch.device) -> tuple[Runner, ModelInfo]:
 Mode = Literal["resize", "pad"]
 Pairs = Literal["auto", "a", "b", "whole"]
 PAIR_SAMPLE = 32  # pair detection looks at the headers of this many images (the first in directory order)
-# What atomic_path leaves behind when its process is killed mid-write: .NAME.png.XXXXXXXX.tmp
-_TEMP_OUTPUT = re.compile(r"^\..+\.png\.[A-Za-z0-9_]+\.tmp$")
 
 
 def default_workers() -> int:
@@ -119,27 +125,8 @@ class PredictSummary:
         return "; ".join(parts)
 
 
-def _image_entries(folder: Path) -> Iterator[Path]:
-    """The folder's image files, read lazily in directory order (never the whole listing at once)."""
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            if Path(entry.name).suffix.lower() in IMAGE_SUFFIXES and entry.is_file():
-                yield Path(entry.path)
-
-
 def _output_of(path: Path, out_dir: Path) -> Path:
     return out_dir / f"{path.stem}.png"
-
-
-def _remove_temp_outputs(out_dir: Path) -> int:
-    """Remove the temp files of a killed run (never complete: an output only exists once renamed)."""
-    removed = 0
-    with os.scandir(out_dir) as entries:
-        for entry in entries:
-            if _TEMP_OUTPUT.match(entry.name) and entry.is_file(follow_symlinks=False):
-                Path(entry.path).unlink(missing_ok=True)
-                removed += 1
-    return removed
 
 
 @contextmanager
@@ -162,7 +149,7 @@ def _sole_writer(out_dir: Path) -> Iterator[None]:
 def _pair_shaped(input_dir: Path) -> tuple[int, str] | None:
     """(count, an example) when the first PAIR_SAMPLE readable images are all twice as wide as tall."""
     seen, example = 0, ""
-    for path in _image_entries(input_dir):
+    for path in iter_images(input_dir):
         try:
             with Image.open(path) as image:  # the header only: nothing is decoded
                 width, height = image.size
@@ -287,7 +274,7 @@ def predict_folder(
     if not input_dir.is_dir():
         raise FileNotFoundError(f"{input_dir}: input folder does not exist")
     total = present = 0
-    for path in _image_entries(input_dir):
+    for path in iter_images(input_dir):
         total += 1
         present += _output_of(path, out_dir).exists()
     if not total:
@@ -304,11 +291,11 @@ def predict_folder(
     workers = default_workers() if workers is None else workers
     notice = notice or (lambda line: tqdm.write(line, file=sys.stderr))
     out_dir.mkdir(parents=True, exist_ok=True)
-    todo = (p for p in _image_entries(input_dir) if not _output_of(p, out_dir).exists())
+    todo = (p for p in iter_images(input_dir) if not _output_of(p, out_dir).exists())
     decode = _Decoder(info, mode, None if pairs in ("auto", "whole") else pairs)
     with _sole_writer(out_dir):
         decoded = _decoded(decode, todo, workers, ahead=2 * batch_size)
-        removed = _remove_temp_outputs(out_dir)
+        removed = len(remove_stale_temp_files(out_dir, ".png"))  # a killed run's, never complete
         written, bad = 0, []
         groups: dict[tuple[int, ...], list[_Decoded]] = {}
         progress = tqdm(total=total - present, desc="predict", unit="image", disable=None)

@@ -21,7 +21,7 @@ from nectargan_core.checkpoint import (
     load_checkpoint,
     require_full_state,
 )
-from nectargan_core.files import write_atomic
+from nectargan_core.files import remove_stale_temp_files, write_atomic
 from nectargan_core.layout import LOCK_NAME, RunPaths, strip_key
 from nectargan_core.settings import Settings, flatten_dotted
 from nectargan_core.training.records import truncate_after
@@ -188,13 +188,10 @@ def drop_epochs_after(paths: RunPaths, epoch: int) -> None:
     truncate_after(paths.epochs, epoch)
 
 
-def remove_stale_temp_files(paths: RunPaths) -> list[Path]:
+def remove_run_temp_files(paths: RunPaths) -> list[Path]:
     """Temp files a killed run left behind (an atomic write that never got to its rename)."""
     folders = (paths.root, paths.checkpoints, paths.snapshots, paths.examples)
-    stale = [p for folder in folders if folder.is_dir() for p in folder.glob(".*.tmp") if p.is_file()]
-    for path in stale:
-        path.unlink()
-    return stale
+    return [p for folder in folders if folder.is_dir() for p in remove_stale_temp_files(folder)]
 
 
 def refuse_nothing_to_continue(settings: Settings, paths: RunPaths, started_before: bool) -> None:
@@ -231,7 +228,7 @@ def start_point(settings: Settings, paths: RunPaths, started_before: bool = Fals
     killed before its first checkpoint (``started_before``: its lock file was there) continues
     from epoch 1, which is the same as the run that never stopped.
     """
-    remove_stale_temp_files(paths)
+    remove_run_temp_files(paths)
     cfg = settings.train
     nothing_saved = not paths.latest.exists() and not list_checkpoints(paths.snapshots)
     if cfg.continue_train and cfg.continue_from is None and nothing_saved and started_before:
