@@ -18,7 +18,8 @@ from .helpers import tiny_settings
 def test_top_level_commas_make_the_grid():
     assert split_top_level("50,[1,4],'a,b',{x: 1, y: 2}") == ["50", "[1,4]", "'a,b'", "{x: 1, y: 2}"]
     points = grid(["train.loss.l1=50,100", "train.loss.sobel=0,10"])
-    assert [p.name for p in points] == ["l1=50,sobel=0", "l1=50,sobel=10", "l1=100,sobel=0", "l1=100,sobel=10"]
+    assert [p.name for p in points] == ["l1=50 sobel=0", "l1=50 sobel=10", "l1=100 sobel=0", "l1=100 sobel=10"]
+    assert [p.name for p in grid(["train.loss.l1=50", "train.loss.sobel=0,10"])] == ["sobel=0", "sobel=10"]
     assert points[1].overrides == ("train.loss.l1=50", "train.loss.sobel=10")
     assert [p.overrides for p in grid(["data.augment.input.gamma.gamma_range=[0.8,1.2]"])] == [
         ("data.augment.input.gamma.gamma_range=[0.8,1.2]",)
@@ -78,6 +79,7 @@ def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, capsys
     (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(children) == 2 and {c.data.params["train.loss.l1"] for c in children} == {"50.0", "100.0"}
+    assert parent.info.run_name == "study" and {c.info.run_name for c in children} == {"l1=50", "l1=100"}
     for child in children:
         assert len(client.get_metric_history(child.info.run_id, "val/psnr")) >= 2
         assert {a.path for a in client.list_artifacts(child.info.run_id, "compare")} == {
@@ -90,6 +92,7 @@ def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, capsys
         "sweep/val_curves.png",
         "sweep/grid.png",
     }
+    assert "![val_curves](val_curves.png)" in (project / "outputs/sweeps/study/report.md").read_text()
     assert parent.info.status == "FINISHED"
     assert not client.search_registered_models()  # children do not move the alias
     assert not (project / "outputs" / "train").exists()  # nothing trained into train.output_dir
