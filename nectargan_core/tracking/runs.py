@@ -20,7 +20,7 @@ from nectargan_core.tracking.callback import MLflowCallback
 from nectargan_core.tracking.journal import Journal
 from nectargan_core.tracking.provenance import run_tags
 from nectargan_core.tracking.registry import RegisteredCheckpoint, register_model, registered_version
-from nectargan_core.tracking.tracker import COMPARE_ARTIFACT, Tracker, settings_params, unreachable
+from nectargan_core.tracking.tracker import Tracker, settings_params, unreachable
 from nectargan_core.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -117,8 +117,9 @@ class TrainingRun:
         return registered_version(self.tracker, settings, self.run_id, epoch)
 
     def log_compare_images(self, files: list[Path]) -> None:
+        """At the top of the run's artifacts, where MLflow's Compare page looks (see the tracker's names)."""
         for path in files:
-            self.journal.send({"kind": "artifact", "run": self.run_id, "file": str(path), "folder": COMPARE_ARTIFACT})
+            self.journal.send({"kind": "artifact", "run": self.run_id, "file": str(path), "folder": None})
 
 
 def _registration(
