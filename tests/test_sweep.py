@@ -71,7 +71,7 @@ def test_a_bad_combination_is_refused_before_anything_trains(project, capsys, sp
     assert not (project / "outputs").exists() and not (project / "mlflow.db").exists()
 
 
-def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, capsys):
+def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, sample_root, capsys):
     assert main(["sweep", "-s", "train.loss.l1=50,100", "--name", "study"]) == 0
     out = capsys.readouterr().out
     assert "| l1=50 | finished |" in out and "| l1=100 | finished |" in out
@@ -87,6 +87,9 @@ def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, capsys
     for child in children:
         assert len(client.get_metric_history(child.info.run_id, "val/psnr")) >= 2
         assert child.data.params["train.output_dir"].startswith(os.path.join("outputs", "sweeps", "study", "runs"))
+        (data,) = child.inputs.dataset_inputs  # the runs table's Dataset column
+        assert data.dataset.name == sample_root.name
+        assert json.loads(data.dataset.source) == {"uri": str(sample_root.resolve())}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} == {
         "sweep/report.md",
         "sweep/val_curves.png",
