@@ -189,12 +189,16 @@ def pipeline(
 ) -> dict[str, object]:
     """Validate the dataset, train (or continue), export examples and evaluate.
 
-    settings: every setting of params.yaml (None: read project_dir/params.yaml).
-    continue_from: a registered checkpoint (models:/NAME@ALIAS, models:/NAME/VERSION) or a
-    checkpoint path to continue from; train.load_epoch picks another epoch of that run.
-    more_epochs: with a registered continue_from, train this many epochs past the parent's epoch
-    at the initial learning rate (for scheduled fine-tuning; 0 = the configured total).
-    export_onnx: also export the generator to ONNX, checked against PyTorch.
+    Prefect's form shows each parameter's line of Args.
+
+    Args:
+        settings: every setting of params.yaml (empty: read project_dir/params.yaml).
+        continue_from: a registered checkpoint (models:/NAME@ALIAS, models:/NAME/VERSION) or a
+            checkpoint path to continue from; train.load_epoch picks another epoch of that run.
+        more_epochs: with a registered continue_from, train this many epochs past the parent's epoch
+            at the initial learning rate (for scheduled fine-tuning; 0 = the configured total).
+        export_onnx: also export the generator to ONNX, checked against PyTorch.
+        project_dir: the project folder on the worker, holding params.yaml and the outputs.
     """
     project = Path(project_dir).resolve()
     settings = settings or load_settings(project / "params.yaml")
@@ -243,6 +247,7 @@ def train_child_task(settings: Settings, tracker: Tracker, project_dir: Path, ta
 @flow(name="nectargan-sweep", log_prints=True)
 def sweep_flow(
     grid: list[str] | None = None,
+    base: list[str] | None = None,
     name: str | None = None,
     register_best: bool = False,
     select_by: str = "val/psnr",
@@ -250,9 +255,15 @@ def sweep_flow(
 ) -> dict[str, object]:
     """Train every combination of a grid of settings as MLflow child runs under one parent run.
 
-    grid: axes like "train.loss.l1=50,100" (top-level commas separate the values).
-    name: the sweep's name (default: from the grid; rerunning a sweep skips its finished children).
-    register_best: register the best child by select_by (a val/ metric), which moves the alias.
+    Prefect's form shows each parameter's line of Args.
+
+    Args:
+        grid: axes like "train.loss.l1=50,100" (top-level commas separate the values).
+        base: settings every child shares, like "train.generator.epochs=50" (the CLI's --base).
+        name: the sweep's name (default: from the grid; rerunning a sweep skips its finished children).
+        register_best: register the best child by select_by, which moves the alias.
+        select_by: the val metric that picks the best child: val/psnr, val/ssim (highest) or val/l1 (lowest).
+        project_dir: the project folder on the worker, holding params.yaml and the outputs.
     """
     from nectargan_core.studies import grid as study
     from nectargan_core.studies.sweep import sweep
@@ -260,7 +271,7 @@ def sweep_flow(
     project = Path(project_dir).resolve()
     combinations = study.grid(grid or ["train.loss.l1=50,100"])
     name = name or study.sweep_name(combinations)
-    settings, paths, children = study.plan(project / "params.yaml", [], combinations, name)
+    settings, paths, children = study.plan(project / "params.yaml", base or [], combinations, name)
     paths = SweepPaths(project / paths.root)
     children = [study.ChildResult(child.combination, anchored(child.settings, project)) for child in children]
     tracker = Tracker.connect(settings.tracking, project)

@@ -937,6 +937,30 @@ def flatten_dotted(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix.rstrip("."): tree}
 
 
+def short_keys(keys: list[str] | tuple[str, ...]) -> dict[str, str]:
+    """Each dotted key by its shortest unique tail: ``train.loss.l1`` -> ``l1`` (unless another key ends so)."""
+    out = {}
+    for key in keys:
+        parts = key.split(".")
+        for size in range(1, len(parts) + 1):
+            tail = ".".join(parts[-size:])
+            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
+                break
+        out[key] = tail
+    return out
+
+
+def changes_label(changes: dict[str, Any]) -> str:
+    """A run's name for the settings it changes (MLflow's random names say nothing): ``l1=50 sobel=0``,
+    each key by its shortest unique tail, a float to 3 significant digits (an Optuna 87.2345 is 87.2)."""
+    names = short_keys(list(changes))
+    return " ".join(f"{names[key]}={_short_number(value)}" for key, value in changes.items())
+
+
+def _short_number(value: Any) -> str:
+    return f"{float(f'{value:.3g}'):g}" if isinstance(value, float) else str(value)
+
+
 def _set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     node = tree
     *parents, leaf = dotted.split(".")

@@ -11,7 +11,9 @@ import pytest
 import yaml
 from mlflow import MlflowClient
 from PIL import Image
+from prefect.utilities.callables import parameter_schema, parameter_schema_from_entrypoint
 
+from flows.pipeline import pipeline, sweep_flow
 from flows.serve import deployments
 
 from .team_stack import free_port, wait_for
@@ -34,7 +36,9 @@ with get_client(sync_client=True) as client:  # serve registers the deployments 
         except ObjectNotFound:
             time.sleep(0.5)
 flow_run = run_deployment("nectargan-pipeline/train", parameters=json.loads(sys.argv[1]), timeout=240)
-sweep_run = run_deployment("nectargan-sweep/sweep", parameters={"name": "served"}, timeout=240)
+sweep_run = run_deployment(
+    "nectargan-sweep/sweep", parameters={"name": "served", "base": ["train.loss.sobel=3"]}, timeout=240
+)
 with get_client(sync_client=True) as client:
     nightly = client.read_deployment_by_name("nectargan-pipeline/nightly-continue")
     train = client.read_deployment_by_name("nectargan-pipeline/train")
@@ -129,7 +133,7 @@ def test_served_deployment_runs_with_parameters(prefect_env, sample_root, tmp_pa
     assert report["nightly_params"]["continue_from"] == "models:/nectargan-generator@latest"
     assert report["limits"] == [1, 1]
     assert report["sweep_state"] == "COMPLETED", report["sweep_message"]
-    assert report["sweep_schema"] == ["grid", "name", "project_dir", "register_best", "select_by"]
+    assert report["sweep_schema"] == ["base", "grid", "name", "project_dir", "register_best", "select_by"]
     assert report["sweep_limit"] == 1
     assert {"settings", "continue_from", "more_epochs", "project_dir"} <= set(report["settings_schema"])
 
@@ -141,6 +145,7 @@ def test_served_deployment_runs_with_parameters(prefect_env, sample_root, tmp_pa
     (parent,) = [r for r in runs if r.data.tags.get("nectargan.sweep_role") == "parent"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
     assert sorted(c.data.params["train.loss.l1"] for c in children) == ["100.0", "50.0"]
+    assert {c.data.params["train.loss.sobel"] for c in children} == {"3.0"}  # the flow's base, as --base
     assert (project / "outputs" / "sweeps" / "served" / "report.md").exists()
     assert run.data.tags["prefect_flow_run_id"]
     assert (project / "outputs" / "eval" / "metrics.json").exists()
@@ -199,3 +204,14 @@ def test_prefect_yaml_declares_the_deployments_serve_serves(monkeypatch):
         frozen = {k: v for k, v in deployment.parameters.items() if k not in ("settings", "project_dir")}
         assert spec.get("parameters", {}) == frozen, name
     assert declared["nightly-continue"]["concurrency_limit"] == 1  # never two continues of one model at once
+
+
+def test_every_flow_parameter_has_a_description_in_the_form(monkeypatch):
+    """Prefect's run form shows a parameter's description (from the flow's docstring Args) under its field:
+    as `prefect deploy` reads it from the entrypoint's source, and as flows/serve.py sends it."""
+    monkeypatch.chdir(ROOT)  # the entrypoints are relative to the checkout
+    schemas = {d.entrypoint: parameter_schema_from_entrypoint(d.entrypoint) for d in deployments(ROOT / "params.yaml")}
+    schemas |= {flow.name: parameter_schema(flow) for flow in (pipeline, sweep_flow)}
+    for name, schema in schemas.items():
+        missing = [key for key, field in schema.properties.items() if not field.get("description")]
+        assert schema.properties and not missing, f"{name}: no description for {missing}"

@@ -102,6 +102,11 @@ def test_a_search_trains_its_trials_under_a_parent_and_reports_them(project, cap
     client = _client(project)
     parent, children = _runs(client, "loss")
     assert sorted(c.data.tags[TRIAL_TAG] for c in children) == ["0", "1", "2"]
+    assert parent.info.run_name == "loss"
+    for child in children:  # trial-N and its values, floats short: trial-0 l1=87.2 sobel=5
+        l1, sobel = (child.data.params[f"train.loss.{key}"] for key in ("l1", "sobel"))
+        expected = f"trial-{child.data.tags[TRIAL_TAG]} l1={float(f'{float(l1):.3g}'):g} sobel={float(sobel):g}"
+        assert child.info.run_name == expected
     assert {c.info.status for c in children} == {"FINISHED"} and parent.info.status == "FINISHED"
     folders = {c.data.params["train.output_dir"] for c in children}
     assert folders == {str(Path("outputs/sweeps/loss/runs") / f"trial-{n}") for n in range(3)}

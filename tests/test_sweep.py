@@ -11,6 +11,7 @@ from nectargan_core.cli import main
 from nectargan_core.settings import SettingsError
 from nectargan_core.studies.grid import grid, named_weightings, split_top_level
 from nectargan_core.tracking.studies import PARENT_TAG
+from nectargan_core.tracking.tracker import FINAL_STRIPS_NAME, VAL_CURVES_NAME
 
 from .helpers import tiny_settings
 
@@ -18,7 +19,8 @@ from .helpers import tiny_settings
 def test_top_level_commas_make_the_grid():
     assert split_top_level("50,[1,4],'a,b',{x: 1, y: 2}") == ["50", "[1,4]", "'a,b'", "{x: 1, y: 2}"]
     points = grid(["train.loss.l1=50,100", "train.loss.sobel=0,10"])
-    assert [p.name for p in points] == ["l1=50,sobel=0", "l1=50,sobel=10", "l1=100,sobel=0", "l1=100,sobel=10"]
+    assert [p.name for p in points] == ["l1=50 sobel=0", "l1=50 sobel=10", "l1=100 sobel=0", "l1=100 sobel=10"]
+    assert [p.name for p in grid(["train.loss.l1=50", "train.loss.sobel=0,10"])] == ["sobel=0", "sobel=10"]
     assert points[1].overrides == ("train.loss.l1=50", "train.loss.sobel=10")
     assert [p.overrides for p in grid(["data.augment.input.gamma.gamma_range=[0.8,1.2]"])] == [
         ("data.augment.input.gamma.gamma_range=[0.8,1.2]",)
@@ -69,7 +71,7 @@ def test_a_bad_combination_is_refused_before_anything_trains(project, capsys, sp
     assert not (project / "outputs").exists() and not (project / "mlflow.db").exists()
 
 
-def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, capsys):
+def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, sample_root, capsys):
     assert main(["sweep", "-s", "train.loss.l1=50,100", "--name", "study"]) == 0
     out = capsys.readouterr().out
     assert "| l1=50 | finished |" in out and "| l1=100 | finished |" in out
@@ -78,18 +80,22 @@ def test_a_sweep_trains_children_under_a_parent_and_reports_them(project, capsys
     (parent,) = [r for r in runs if PARENT_TAG not in r.data.tags]
     children = [r for r in runs if r.data.tags.get(PARENT_TAG) == parent.info.run_id]
     assert len(children) == 2 and {c.data.params["train.loss.l1"] for c in children} == {"50.0", "100.0"}
+    assert parent.info.run_name == "study" and {c.info.run_name for c in children} == {"l1=50", "l1=100"}
+    # MLflow's Compare page shows the top-level files the runs share (the same names in every run)
+    top = [{a.path for a in client.list_artifacts(c.info.run_id) if not a.is_dir} for c in children]
+    assert top[0] == top[1] and {FINAL_STRIPS_NAME, VAL_CURVES_NAME} <= top[0]
     for child in children:
         assert len(client.get_metric_history(child.info.run_id, "val/psnr")) >= 2
-        assert {a.path for a in client.list_artifacts(child.info.run_id, "compare")} == {
-            "compare/final_strips.png",
-            "compare/val_curves.png",
-        }
         assert child.data.params["train.output_dir"].startswith(os.path.join("outputs", "sweeps", "study", "runs"))
+        (data,) = child.inputs.dataset_inputs  # the runs table's Dataset column
+        assert data.dataset.name == sample_root.name
+        assert json.loads(data.dataset.source) == {"uri": str(sample_root.resolve())}
     assert {a.path for a in client.list_artifacts(parent.info.run_id, "sweep")} == {
         "sweep/report.md",
         "sweep/val_curves.png",
         "sweep/grid.png",
     }
+    assert "![val_curves](val_curves.png)" in (project / "outputs/sweeps/study/report.md").read_text()
     assert parent.info.status == "FINISHED"
     assert not client.search_registered_models()  # children do not move the alias
     assert not (project / "outputs" / "train").exists()  # nothing trained into train.output_dir

@@ -19,6 +19,7 @@ import yaml
 from mlflow import MlflowClient
 
 from nectargan_core.cli import main
+from nectargan_core.tracking.tracker import VAL_CURVES_NAME
 
 from .helpers import tiny_settings
 from .team_stack import (
@@ -121,7 +122,7 @@ def test_team_postgres_mlflow_server_train_register_continue_predict_compare_swe
         stored = {row[0] for row in connection.execute("SELECT run_uuid FROM runs WHERE lifecycle_stage = 'active'")}
     assert {run.info.run_id for run in runs} <= stored
     objects = s3_objects(team_env, team_env.values["MLFLOW_BUCKET"])
-    assert any(key.endswith("compare/val_curves.png") for key in objects)
+    assert any(key.endswith(f"/artifacts/{VAL_CURVES_NAME}") for key in objects)
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "mlruns").exists()
 
     # No credential in what the runs recorded, nor in anything printed.

@@ -2,6 +2,7 @@ import csv
 import hashlib
 import importlib.util
 import json
+import os
 import sys
 import time
 import urllib.error
@@ -12,6 +13,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+import yaml
 from mlflow.exceptions import MlflowException
 
 from nectargan_core.checkpoint import CheckpointError
@@ -20,6 +22,7 @@ from nectargan_core.inference.inputs import InputError, check_model_input
 from nectargan_core.models import ModelInfo
 from nectargan_core.settings import with_changes
 from nectargan_core.stages import evaluate_stage, examples_stage, train_stage
+from nectargan_core.tracking.provenance import TrainingData, training_data
 from nectargan_core.tracking.registry import RegistryError, download_checkpoint, input_example, model_metadata
 from nectargan_core.tracking.tracker import Tracker, TrackingUnavailable, settings_params
 
@@ -69,6 +72,9 @@ def test_the_run_records_every_setting_and_per_epoch_metrics(trained):
     l1 = {m.step: m.value for m in client.get_metric_history(result.run_id, "loss/l1")}
     assert l1[2] == pytest.approx(float(rows[1]["l1"]))
     assert run.data.tags["params_hash"] and run.data.tags["git_commit"]
+    (data,) = run.inputs.dataset_inputs  # the runs table's Dataset column
+    root = Path(settings.data.root).resolve()
+    assert (data.dataset.name, json.loads(data.dataset.source)) == (root.name, {"uri": str(root)})
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"images", "snapshots"} <= artifacts and "checkpoints" not in artifacts  # the model holds the state
     snapshots = {a.path for a in client.list_artifacts(result.run_id, "snapshots")}
@@ -114,6 +120,19 @@ def test_examples_and_evaluation_log_into_the_training_run(trained):
     run = client.get_run(result.run_id)
     assert run.data.metrics["eval/l1"] == pytest.approx(metrics["l1"])
     assert {a.path for a in client.list_artifacts(result.run_id, "examples")} == {"examples/final"}
+
+
+def test_the_data_digest_is_dvcs_md5_while_it_fits_the_folder(sample_root, tmp_path):
+    settings = tiny(sample_root, tmp_path)
+    own = training_data(settings, tmp_path)  # no dvc.lock: names, sizes and mtimes
+    files = [path for path in sample_root.rglob("*") if path.is_file()]
+    out = {"path": os.path.relpath(sample_root, tmp_path), "md5": "0123abcd.dir", "nfiles": len(files)}
+    out["size"] = sum(path.stat().st_size for path in files)
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"prepare": {"outs": [out]}}}))
+    assert training_data(settings, tmp_path) == TrainingData(sample_root.name, "0123abcd.dir", str(sample_root))
+    out["nfiles"] += 1  # the folder changed since DVC recorded it: DVC's md5 no longer says what trained
+    (tmp_path / "dvc.lock").write_text(yaml.safe_dump({"stages": {"prepare": {"outs": [out]}}}))
+    assert training_data(settings, tmp_path) == own and len(own.digest) == 32
 
 
 def test_continue_from_a_registered_model(trained, sample_root):

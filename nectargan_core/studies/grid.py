@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from nectargan_core.layout import SweepPaths
-from nectargan_core.settings import Settings, SettingsError, load_settings
+from nectargan_core.settings import Settings, SettingsError, changes_label, load_settings
 
 
 @dataclass(frozen=True)
@@ -62,12 +62,13 @@ def combine(named: Sequence[Combination], axes: Sequence[Combination]) -> list[C
     """Every named weighting with every grid point (either may be absent)."""
     named, axes = named or [Combination("", ())], axes or [Combination("", ())]
     return [
-        Combination(",".join(filter(None, (n.name, g.name))), (*n.overrides, *g.overrides)) for n in named for g in axes
+        Combination(" ".join(filter(None, (n.name, g.name))), (*n.overrides, *g.overrides)) for n in named for g in axes
     ]
 
 
 def grid(specs: Sequence[str]) -> list[Combination]:
-    """Every combination of ``key=v1,v2`` specs (in the order given), named ``l1=50,sobel=0``."""
+    """Every combination of ``key=v1,v2`` specs (in the order given), named for the settings that
+    differ between them (``l1=50 sobel=0``: its MLflow run's name, its row in the report)."""
     axes: list[tuple[str, list[str]]] = []
     for spec in specs:
         key, sep, values = spec.partition("=")
@@ -80,13 +81,13 @@ def grid(specs: Sequence[str]) -> list[Combination]:
         axes.append((key, choices))
     if not axes:
         return []
-    return [
-        Combination(
-            ",".join(f"{key.rsplit('.', 1)[-1]}={value}" for (key, _), value in zip(axes, values, strict=True)),
-            tuple(f"{key}={value}" for (key, _), value in zip(axes, values, strict=True)),
-        )
-        for values in itertools.product(*(choices for _, choices in axes))
-    ]
+    varied = {key for key, choices in axes if len(choices) > 1} or {key for key, _ in axes}
+    combinations = []
+    for values in itertools.product(*(choices for _, choices in axes)):
+        point = dict(zip((key for key, _ in axes), values, strict=True))
+        label = changes_label({key: value for key, value in point.items() if key in varied})
+        combinations.append(Combination(label, tuple(f"{key}={value}" for key, value in point.items())))
+    return combinations
 
 
 def named_weightings(path: Path) -> list[Combination]:

@@ -25,7 +25,7 @@ from optuna.trial import FrozenTrial, TrialState
 from nectargan_core.files import write_text_atomic
 from nectargan_core.layout import OPTUNA_DB, SweepPaths
 from nectargan_core.losses.metrics import HIGHER_IS_BETTER
-from nectargan_core.settings import Settings, SettingsError, load_settings, with_changes
+from nectargan_core.settings import Settings, SettingsError, changes_label, load_settings, with_changes
 from nectargan_core.studies.grid import ChildResult, Combination
 from nectargan_core.studies.space import Axis, parse_space
 from nectargan_core.studies.sweep import register_best, selected_metric
@@ -183,7 +183,8 @@ def search(
         child = f"trial-{trial.number}"
         try:
             pruning = Pruning(trial, metric)
-            tags = {**records.child_tags(parent, name, child), records.TRIAL_TAG: str(trial.number)}
+            run_name = f"{child} {changes_label(trial.params)}"
+            tags = {**records.child_tags(parent, name, child, run_name), records.TRIAL_TAG: str(trial.number)}
             run_id = _train(tracker, project_dir, trial_settings(base, paths, trial), tags, pruning)
             trial.set_user_attr("mlflow_run_id", run_id)
             if pruning.pruned_at is not None:

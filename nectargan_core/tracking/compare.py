@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw, ImageFont
 from nectargan_core.files import atomic_path, image_grid, save_image_atomic, split_strip, write_text_atomic
 from nectargan_core.layout import STRIP_PATTERN, ComparePaths, find_strips
 from nectargan_core.metric_names import VAL_PREFIX
-from nectargan_core.settings import Settings
+from nectargan_core.settings import Settings, short_keys
 from nectargan_core.tracking.tracker import EVAL_METRIC_PREFIX, FINAL_EXAMPLES_ARTIFACT, Tracker
 
 log = logging.getLogger(__name__)
@@ -170,19 +170,6 @@ def leaderboard(runs: Sequence[Run]) -> Leaderboard:
 
 
 # ---------------------------------------------------------------- side by side
-
-
-def short_keys(keys: Sequence[str]) -> dict[str, str]:
-    """Each dotted key by its shortest unique tail: ``train.loss.l1`` -> ``l1`` (unless another key ends so)."""
-    out = {}
-    for key in keys:
-        parts = key.split(".")
-        for size in range(1, len(parts) + 1):
-            tail = ".".join(parts[-size:])
-            if not any(other != key and (other == tail or other.endswith("." + tail)) for other in keys):
-                break
-        out[key] = tail
-    return out
 
 
 def _short_value(value: str | None) -> str:

@@ -1,8 +1,8 @@
 """What a run could not log while its tracking server was away, kept in the run folder and sent later.
 
 A training does not stop because the MLflow server is away (a restart, the network, its database):
-each record it could not log (an epoch's metrics, an example image, an artifact, params, a tag, the
-registration, the run's end) is appended, in order, to a JSON-lines journal in the run folder
+each record it could not log (an epoch's metrics, an example image, an artifact, params, the dataset input, a
+tag, the registration, the run's end) is appended, in order, to a JSON-lines journal in the run folder
 (``RunPaths.journal``). Every later logging attempt (the next epoch, the end) first sends what is
 pending, and ``nectargan runs sync`` sends what is left afterwards. Sending a kept record is
 idempotent, so a record that reached the server just before the connection dropped is not doubled:
@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import mlflow
-from mlflow.entities import Metric, Param
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param
+from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from PIL import Image
 
 from nectargan_core.layout import RunPaths
@@ -178,6 +179,11 @@ def _deliver(tracker: Tracker, record: dict[str, Any], paths: RunPaths, check: b
         params = [Param(key, value) for key, value in record["values"].items()]
         for start in range(0, len(params), 100):  # MLflow's batch limit
             client.log_batch(run_id, params=params[start : start + 100])
+    elif kind == "dataset":  # MLflow logs a dataset input to a run once, however often it is sent
+        source = json.dumps({"uri": record["source"]})
+        dataset = Dataset(record["name"], record["digest"], "local", source)
+        context = InputTag(MLFLOW_DATASET_CONTEXT, "training")
+        client.log_inputs(run_id, datasets=[DatasetInput(dataset, tags=[context])])
     elif kind == "tag":
         client.set_tag(run_id, record["key"], record["value"])
     elif kind == "register":

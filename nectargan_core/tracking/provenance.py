@@ -6,7 +6,10 @@ import hashlib
 import json
 import os
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from nectargan_core.settings import Settings
 
@@ -44,3 +47,48 @@ def run_tags(settings: Settings, project_dir: Path, extra: dict[str, str] | None
     if exp := os.environ.get("DVC_EXP_NAME"):
         tags["dvc_experiment"] = exp
     return {**tags, **(extra or {})}
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """The data a run trained on, as MLflow's dataset input shows it: the runs table's Dataset column."""
+
+    name: str
+    digest: str
+    source: str
+
+
+def training_data(settings: Settings, project_dir: Path) -> TrainingData:
+    """``data.root``: its folder name, DVC's md5 of it where dvc.lock (or ``ROOT.dvc``) records one that
+    still fits the folder (same file count and bytes), else a digest of its file names, sizes and mtimes
+    (cheap: no file is read)."""
+    root = Path(settings.data.root).resolve()
+    files = sorted(path for path in root.rglob("*") if path.is_file()) if root.is_dir() else []
+    listing = [(str(path.relative_to(root)), path.stat()) for path in files]
+    size = sum(stat.st_size for _, stat in listing)
+    recorded = _dvc_record(root, project_dir.resolve())
+    if recorded is not None and recorded.get("nfiles") == len(listing) and recorded.get("size") == size:
+        digest = str(recorded["md5"])
+    else:
+        text = json.dumps([(name, stat.st_size, stat.st_mtime_ns) for name, stat in listing])
+        digest = hashlib.sha256(text.encode()).hexdigest()[:32]
+    return TrainingData(root.name, digest, str(root))
+
+
+def _dvc_record(root: Path, project_dir: Path) -> dict | None:
+    """DVC's entry (md5, size, nfiles) for the folder ``root``: an out or dep of dvc.lock, or ``ROOT.dvc``."""
+    candidates: list[tuple[Path, dict]] = []
+    for lock, base in ((project_dir / "dvc.lock", project_dir), (root.with_name(root.name + ".dvc"), root.parent)):
+        try:
+            tree = yaml.safe_load(lock.read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            continue
+        stages = tree.get("stages", {}).values() if "stages" in tree else [tree]
+        candidates += [
+            (base / entry["path"], entry)
+            for stage in stages
+            if isinstance(stage, dict)
+            for entry in (stage.get("outs") or []) + (stage.get("deps") or [])
+            if isinstance(entry, dict) and "path" in entry and "md5" in entry
+        ]
+    return next((entry for path, entry in candidates if path.resolve() == root), None)

@@ -6,6 +6,7 @@ KILLED, never left RUNNING.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -18,9 +19,9 @@ from nectargan_core.layout import RunPaths
 from nectargan_core.settings import PATH_KEYS, Settings, with_changes
 from nectargan_core.tracking.callback import MLflowCallback
 from nectargan_core.tracking.journal import Journal
-from nectargan_core.tracking.provenance import run_tags
+from nectargan_core.tracking.provenance import TrainingData, run_tags, training_data
 from nectargan_core.tracking.registry import RegisteredCheckpoint, register_model, registered_version
-from nectargan_core.tracking.tracker import COMPARE_ARTIFACT, Tracker, settings_params, unreachable
+from nectargan_core.tracking.tracker import Tracker, settings_params, unreachable
 from nectargan_core.training.summary import RunSummary
 
 log = logging.getLogger(__name__)
@@ -51,6 +52,7 @@ class TrainingPlan:
     reopen: str | None = None
     finished: FinishedTraining | None = None
     local: Settings | None = None
+    data: TrainingData | None = None
 
     @property
     def trains(self) -> Settings:
@@ -73,13 +75,14 @@ def plan_training(
     if parent is not None:
         local = with_changes(settings, {"train.continue_from": str(parent.checkpoint)})
         lineage = {"parent_model": parent.uri, "parent_model_version": parent.version, "parent_run_id": parent.run_id}
-        return TrainingPlan(settings, all_tags | lineage, local=local)
+        return TrainingPlan(settings, all_tags | lineage, local=local, data=training_data(settings, project_dir))
     paths = RunPaths.of(settings)
     if (finished := _finished(tracker, settings, paths, project_dir)) is not None:
         return TrainingPlan(settings, finished=finished)
+    data = training_data(settings, project_dir)
     if (reopen := _interrupted(tracker, settings, paths, project_dir)) is not None:
-        return TrainingPlan(settings, {CONTINUED_TAG: "true"}, reopen=reopen)  # its own tags and params stay
-    return TrainingPlan(settings, all_tags)
+        return TrainingPlan(settings, {CONTINUED_TAG: "true"}, reopen=reopen, data=data)  # its tags and params stay
+    return TrainingPlan(settings, all_tags, data=data)
 
 
 @dataclass(frozen=True)
@@ -117,8 +120,9 @@ class TrainingRun:
         return registered_version(self.tracker, settings, self.run_id, epoch)
 
     def log_compare_images(self, files: list[Path]) -> None:
+        """At the top of the run's artifacts, where MLflow's Compare page looks (see the tracker's names)."""
         for path in files:
-            self.journal.send({"kind": "artifact", "run": self.run_id, "file": str(path), "folder": COMPARE_ARTIFACT})
+            self.journal.send({"kind": "artifact", "run": self.run_id, "file": str(path), "folder": None})
 
 
 def _registration(
@@ -138,9 +142,11 @@ def _registration(
 
 @contextmanager
 def training_run(tracker: Tracker, plan: TrainingPlan) -> Iterator[TrainingRun]:
-    """The plan's run, open while the block trains: new runs record every setting as params. It ends
-    FINISHED, FAILED when the block raises, KILLED when it is interrupted. When the server is away at
-    the end, the run's outputs are complete locally and ``ServerAway`` says how to finish logging."""
+    """The plan's run, open while the block trains: new runs record every setting as params, and every
+    run the data it trains on (MLflow keeps a dataset input once: a reopened run adds one only if the
+    data changed). It ends FINISHED, FAILED when the block raises, KILLED when it is interrupted. When
+    the server is away at the end, the run's outputs are complete locally and ``ServerAway`` says how
+    to finish logging."""
     settings = plan.settings
     journal = Journal(tracker, RunPaths.of(settings))
 
@@ -150,6 +156,8 @@ def training_run(tracker: Tracker, plan: TrainingPlan) -> Iterator[TrainingRun]:
     with tracker.start_run(plan.tags, settings.tracking.system_metrics, plan.reopen, keep_end) as run_id:
         if plan.reopen is None:
             journal.send({"kind": "params", "run": run_id, "values": settings_params(settings)})
+        if plan.data is not None:
+            journal.send({"kind": "dataset", "run": run_id, **dataclasses.asdict(plan.data)})
         yield TrainingRun(tracker, run_id, journal)
         journal.try_again()
         journal.flush()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+from mlflow.utils.mlflow_tags import MLFLOW_RUN_NAME
+
 from nectargan_core.losses.metrics import HIGHER_IS_BETTER
 from nectargan_core.metric_names import VAL_METRICS, val_metric
 from nectargan_core.settings import Settings
@@ -50,9 +52,11 @@ def end_parent(tracker: Tracker, parent: str, status: str) -> None:
     tracker.client.set_terminated(parent, status)
 
 
-def child_tags(parent: str, name: str, child: str) -> dict[str, str]:
-    """The tags that put a training run under the study's parent."""
-    return {PARENT_TAG: parent, SWEEP_TAG: name, ROLE_TAG: "child", CHILD_TAG: child}
+def child_tags(parent: str, name: str, child: str, run_name: str | None = None) -> dict[str, str]:
+    """The tags that put a training run under the study's parent, and name it (``run_name``, else the
+    child's name) in MLflow's runs table: MLflow takes its runName tag as the new run's name."""
+    tags = {PARENT_TAG: parent, SWEEP_TAG: name, ROLE_TAG: "child", CHILD_TAG: child}
+    return tags | {MLFLOW_RUN_NAME: run_name or child}
 
 
 def children_filter(name: str) -> str:

@@ -37,9 +37,9 @@ SNAPSHOTS_ARTIFACT = "snapshots"  # every snapshot, with log_checkpoints: all
 FINAL_EXAMPLES_ARTIFACT = "examples/final"
 EVALUATION_ARTIFACT = "evaluation"
 ONNX_ARTIFACT = "onnx"
-# Every run logs its comparison images under the same names, so MLflow's compare page shows them
-# side by side; a sweep's parent run holds its report, curves and grid under SWEEP_ARTIFACT.
-COMPARE_ARTIFACT = "compare"
+# Every run logs its comparison images under the same names at the top of its artifacts: MLflow's
+# Compare page (3.17) lists only the top-level files the runs share, never a folder's contents. A
+# sweep's parent run holds its report, curves and grid under SWEEP_ARTIFACT.
 FINAL_STRIPS_NAME = "final_strips.png"
 VAL_CURVES_NAME = "val_curves.png"
 SWEEP_ARTIFACT = "sweep"
@@ -254,11 +254,6 @@ class Tracker:
         return runs[0].info.run_id if runs else None
 
     # ------------------------------------------------------------ the stages after training
-
-    def log_compare_images(self, run_id: str, paths: list[Path]) -> None:
-        """Files named VAL_CURVES_NAME / FINAL_STRIPS_NAME, under COMPARE_ARTIFACT."""
-        for path in paths:
-            self.client.log_artifact(run_id, str(path), COMPARE_ARTIFACT)
 
     def log_final_examples(self, run_id: str, paths: list[Path]) -> None:
         for path in paths:
