@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow  # starts a Prefect server
 
 @pytest.fixture(scope="module")
 def harness():
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # the 30 s default is short on a busy 2-core machine
         yield
 
 
