@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import io
+import logging
 import shutil
 import sys
 from collections.abc import Callable
@@ -54,6 +55,13 @@ def _written_file(exc: BaseException) -> str | None:
             if isinstance(value, io.IOBase) and isinstance(name, str) and set(str(mode)) & set("wax+"):
                 return name
     return None
+
+
+def show_logs() -> None:
+    """Our INFO lines and every library's warnings on stderr: a library's INFO lines (the ONNX
+    optimiser's "Replaced initializer ..." by the dozen) say nothing a user acts on."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(message)s")
+    logging.getLogger("nectargan_core").setLevel(logging.INFO)
 
 
 def describe_failure(exc: BaseException) -> str:

@@ -26,7 +26,7 @@ from pathlib import Path
 
 from nectargan_core.device import resolve_device
 from nectargan_core.distributed import DistributedError, World, process_group
-from nectargan_core.errors import describe_failure
+from nectargan_core.errors import describe_failure, show_logs
 from nectargan_core.files import write_json_atomic
 from nectargan_core.settings import Settings
 from nectargan_core.stages import TrainStageResult, train_stage
@@ -169,7 +169,7 @@ def _read_result(path: Path, ended: str) -> TrainStageResult:
 def main(argv: list[str] | None = None) -> int:
     """A spawned or torchrun-started training process: train the request, write the result."""
     request_file, result_file = (Path(arg) for arg in (argv or sys.argv[1:]))
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    show_logs()
     try:
         with stop_at_step_boundary(follow_launcher=True):  # also when the launching process dies
             request, project_dir = TrainRequest.read(request_file)

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import logging
 import sys
 
-from nectargan_core.errors import exit_code
+from nectargan_core.errors import exit_code, show_logs
 
 # The commands of each family module (nectargan_core/cli/<family>.py, whose add_commands adds them).
 # Running a command imports only its family, so a DVC stage depends on that one file of the CLI.
@@ -41,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = next((arg for arg in argv if not arg.startswith("-")), None)  # --debug is the only option before it
     args = build_parser(command).parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
+    show_logs()
     return exit_code(
         lambda: args.func(args), args.debug, "cached losses were written; continue with -s train.continue_train=true"
     )

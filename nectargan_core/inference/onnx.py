@@ -109,6 +109,7 @@ def write_generator_onnx(
             dynamic_shapes={"x": dynamic},
             dynamo=True,
             external_data=False,
+            verbose=False,  # no progress lines: the export command prints its own summary
         )
         model = onnx.load(str(tmp))
         onnx.helper.set_model_props(model, {"nectargan": json.dumps(meta)})
