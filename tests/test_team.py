@@ -122,15 +122,19 @@ def test_team_postgres_mlflow_server_train_register_continue_predict_compare_swe
         assert code == 0, err[-3000:]
 
     restart = DatabaseRestart(team_postgres)
+    paths = RunPaths.of(settings)
     try:
         with pytest.raises(ServerAway) as away:
             start_training(TrainRequest(settings), tmp_path, callbacks=[restart])
+        assert restart.ended is not None and time.monotonic() - restart.ended < 60, "the end waited for the database"
+        # A sync while the database is still away: one line that names the server and its database.
+        assert main(["runs", "sync", "--output-dir", str(paths.root)]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert team_mlflow in error and "HTTP 503" in error and "PostgreSQL" in error, error
     finally:
         if restart.down:
             team_postgres.start()
-    assert restart.ended is not None and time.monotonic() - restart.ended < 60, "the end waited for the database"
     assert team_mlflow in str(away.value) and "nectargan runs sync --output-dir" in str(away.value)
-    paths = RunPaths.of(settings)
     kept = [json.loads(line).get("kind") for line in paths.journal.read_text().splitlines()]
     assert kept.count("metrics") == 1 and "register" in kept and kept[-1] == "end"  # epoch 1 went in at epoch 2
     client = MlflowClient(team_mlflow, team_mlflow)
