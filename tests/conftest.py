@@ -100,11 +100,17 @@ def team_env():
 
 
 @pytest.fixture(scope="session")
-def team_postgres_db(team_env):
+def team_postgres(team_env):
+    """The PostgreSQL cluster (a team_stack.Postgres: stop/start for a restart)."""
     from .team_stack import postgres
 
-    with postgres(team_env):
-        yield team_env
+    with postgres(team_env) as cluster:
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def team_postgres_db(team_postgres):
+    yield team_postgres.env
 
 
 @pytest.fixture(scope="session")

@@ -178,41 +178,58 @@ def team_env() -> TeamEnv:
     return TeamEnv(values, folder)
 
 
+class Postgres:
+    """A throwaway cluster on loopback (team/postgres-init.sql applied, as the postgres image does),
+    which a test stops and starts again on the same port and data: the database behind the servers
+    restarting in the middle of a run."""
+
+    def __init__(self, env: TeamEnv) -> None:
+        self.env, self.binaries, self.data = env, _postgres_bin(), env.folder / "postgres"
+        self.as_user: dict = {}
+
+    def _run(self, *args: str) -> None:
+        subprocess.run(args, check=True, capture_output=True, **self.as_user)
+
+    def init(self) -> None:
+        self.data.mkdir()
+        password = self.env.folder / "pgpass"
+        password.write_text(self.env.values["POSTGRES_PASSWORD"])
+        if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+            user = "postgres" if _user_exists("postgres") else "nobody"
+            shutil.chown(self.data, user)
+            shutil.chown(password, user)
+            self.as_user = {"user": user}
+        self._run(
+            str(self.binaries / "initdb"), "-D", str(self.data), "-U", self.env.values["POSTGRES_USER"],
+            "--pwfile", str(password), "-A", "scram-sha-256", "--no-sync",
+        )  # fmt: skip
+
+    def start(self) -> None:
+        options = f"-p {self.env.values['POSTGRES_PORT']} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        log = str(self.data / "server.log")
+        self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-l", log, "-o", options, "-w", "start")
+
+    def stop(self) -> None:
+        """pg_ctl's fast shutdown (what `docker compose stop postgres` sends): open sessions are ended."""
+        self._run(str(self.binaries / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop")
+
+
 @contextlib.contextmanager
-def postgres(env: TeamEnv) -> Iterator[None]:
-    """A throwaway cluster on loopback with team/postgres-init.sql applied (as the postgres image does)."""
+def postgres(env: TeamEnv) -> Iterator[Postgres]:
+    """The cluster, running until the block ends."""
     import psycopg
 
-    binaries = _postgres_bin()
-    data = env.folder / "postgres"
-    data.mkdir()
-    password = env.folder / "pgpass"
-    password.write_text(env.values["POSTGRES_PASSWORD"])
-    as_user: dict = {}
-    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
-        user = "postgres" if _user_exists("postgres") else "nobody"
-        shutil.chown(data, user)
-        shutil.chown(password, user)
-        as_user = {"user": user}
-    port = env.values["POSTGRES_PORT"]
-
-    def run(*args: str) -> None:
-        subprocess.run(args, check=True, capture_output=True, **as_user)
-
-    run(
-        str(binaries / "initdb"), "-D", str(data), "-U", env.values["POSTGRES_USER"], "--pwfile", str(password),
-        "-A", "scram-sha-256", "--no-sync",
-    )  # fmt: skip
-    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
-    run(str(binaries / "pg_ctl"), "-D", str(data), "-l", str(data / "server.log"), "-o", options, "-w", "start")
+    cluster = Postgres(env)
+    cluster.init()
+    cluster.start()
     try:
-        dsn = f"host=127.0.0.1 port={port} dbname=postgres user={env.values['POSTGRES_USER']}"
+        dsn = f"host=127.0.0.1 port={env.values['POSTGRES_PORT']} dbname=postgres user={env.values['POSTGRES_USER']}"
         with psycopg.connect(dsn, password=env.values["POSTGRES_PASSWORD"], autocommit=True) as connection:
             for statement in _statements((TEAM / "postgres-init.sql").read_text()):
                 connection.execute(statement)
-        yield
+        yield cluster
     finally:
-        run(str(binaries / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop")
+        cluster.stop()
 
 
 def _user_exists(name: str) -> bool:

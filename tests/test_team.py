@@ -19,12 +19,18 @@ import yaml
 from mlflow import MlflowClient
 
 from nectargan_core.cli import main
-from nectargan_core.tracking.tracker import VAL_CURVES_NAME
+from nectargan_core.launch import TrainRequest, start_training
+from nectargan_core.layout import RunPaths
+from nectargan_core.settings import Settings
+from nectargan_core.tracking.journal import ServerAway
+from nectargan_core.tracking.tracker import OUTAGE_BOUNDS, VAL_CURVES_NAME
+from nectargan_core.training.callbacks import TrainingCallback
 
 from .helpers import tiny_settings
 from .team_stack import (
     COMPOSE,
     ROOT,
+    Postgres,
     bucket_names,
     compose,
     documented,
@@ -69,15 +75,44 @@ def _run_records(client: MlflowClient, experiment_id: str, folder: Path) -> Path
     return folder
 
 
+class DatabaseRestart(TrainingCallback):
+    """Runs before the MLflow recorder: PostgreSQL stops after epoch 1 (the server stays up and answers
+    503), is back for epoch 2 (its records and epoch 1's go in), and stops again once epoch 2 is logged,
+    so the registration and the run's end find it away."""
+
+    def __init__(self, cluster: Postgres) -> None:
+        self.cluster, self.down = cluster, False
+        self.ended: float | None = None
+
+    def _set(self, down: bool) -> None:
+        (self.cluster.stop if down else self.cluster.start)()
+        self.down = down
+
+    def on_epoch_end(self, summary) -> None:
+        self._set(down=summary.epoch == 1)
+
+    def on_checkpoint(self, epoch: int, latest: Path, snapshot: Path) -> None:
+        if epoch == 2:
+            self._set(down=True)
+            self.ended = time.monotonic()
+
+
 @pytest.mark.slow
-def test_team_postgres_mlflow_server_train_register_continue_predict_compare_sweep(
-    team_mlflow, team_env, sample_root, tmp_path, monkeypatch, capsys
+def test_team_postgres_mlflow_server_train_register_continue_predict_compare_sweep_server_outage_concurrent_runs(
+    team_mlflow, team_postgres, team_env, sample_root, tmp_path, monkeypatch, capsys
 ):
+    """The team path on the real servers, with two faults folded in: PostgreSQL behind the MLflow
+    server restarts twice in the first training (server_outage: the journal keeps what the server
+    could not take, `runs sync` sends it, each epoch once), and the continue trains while a sweep
+    registers its best child (concurrent_runs: none fails, the alias ends on the newest version)."""
     settings = tiny_settings(sample_root, **{"discriminator.epochs": 2})
     params = settings.model_dump(mode="json")
     params["tracking"] |= {"uri": team_mlflow, "experiment": "team", "registered_model": MODEL_OF_TEAM}
+    settings = Settings.model_validate(params)
     (tmp_path / "params.yaml").write_text(json.dumps(params))
     monkeypatch.chdir(tmp_path)
+    for name, value in OUTAGE_BOUNDS.items():  # as Tracker.connect sets them, undone after the test
+        monkeypatch.setenv(name, value)
     printed = []
 
     def nectargan(*args: str) -> None:
@@ -86,21 +121,64 @@ def test_team_postgres_mlflow_server_train_register_continue_predict_compare_swe
         printed.append(out + err)
         assert code == 0, err[-3000:]
 
-    nectargan("train")
+    restart = DatabaseRestart(team_postgres)
+    paths = RunPaths.of(settings)
+    try:
+        with pytest.raises(ServerAway) as away:
+            start_training(TrainRequest(settings), tmp_path, callbacks=[restart])
+        assert restart.ended is not None and time.monotonic() - restart.ended < 60, "the end waited for the database"
+        # A sync while the database is still away: one line that names the server and its database.
+        assert main(["runs", "sync", "--output-dir", str(paths.root)]) == 2
+        error = capsys.readouterr().err.strip().splitlines()[-1]
+        assert team_mlflow in error and "HTTP 503" in error and "PostgreSQL" in error, error
+    finally:
+        if restart.down:
+            team_postgres.start()
+    assert team_mlflow in str(away.value) and "nectargan runs sync --output-dir" in str(away.value)
+    kept = [json.loads(line).get("kind") for line in paths.journal.read_text().splitlines()]
+    assert kept.count("metrics") == 1 and "register" in kept and kept[-1] == "end"  # epoch 1 went in at epoch 2
     client = MlflowClient(team_mlflow, team_mlflow)
     experiment = client.get_experiment_by_name("team").experiment_id
     (first,) = client.search_runs([experiment])
+    assert first.info.status == "RUNNING"  # not finished before its records are in
+    nectargan("runs", "sync", "--output-dir", str(paths.root))
+    first = client.get_run(first.info.run_id)
     assert first.info.status == "FINISHED" and first.info.artifact_uri.startswith("mlflow-artifacts:")
+    for key in ("loss/d", "loss/g", "epoch_seconds"):  # each epoch exactly once
+        assert sorted(m.step for m in client.get_metric_history(first.info.run_id, key)) == [1, 2], key
+    images = [a.path for a in client.list_artifacts(first.info.run_id, "images") if a.path.endswith(".png")]
+    assert len(images) == 2 * settings.train.num_examples
     assert client.get_model_version_by_alias(MODEL_OF_TEAM, "current").run_id == first.info.run_id
 
-    # Continue the registered checkpoint for one more epoch: a new run whose parent is the first.
+    # At once: a continue of the registered checkpoint for one more epoch (a new run whose parent is the
+    # first) and, in a process of its own, a sweep that registers its best child. Its children train one
+    # after another: each --jobs process costs a torch import, and two processes already share 2 cores.
+    nectargan_bin = str(BIN / "nectargan")
+    sweep_command = [nectargan_bin, "sweep", "-s", "train.loss.l1=50,100", "--name", "team", "--register-best"]
+    sweep = subprocess.Popen(sweep_command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     more = ["-s", "train.generator.epochs=3", "-s", "train.discriminator.epochs=3"]
-    nectargan(
-        "train", "-s", "train.continue_train=true", "-s", f"train.continue_from=models:/{MODEL_OF_TEAM}@current", *more
-    )
-    current = client.get_model_version_by_alias(MODEL_OF_TEAM, "current")
-    assert current.version == "2" and current.tags["epoch"] == "3"
-    assert client.get_run(current.run_id).data.params["train.continue_from"] == f"models:/{MODEL_OF_TEAM}@current"
+    try:
+        nectargan(
+            "train", "-s", "train.continue_train=true", "-s", f"train.continue_from=models:/{MODEL_OF_TEAM}@current",
+            *more,
+        )  # fmt: skip
+    finally:
+        swept = sweep.communicate(timeout=600)[0]
+    printed.append(swept)
+    assert sweep.returncode == 0, swept[-3000:]
+    assert "| l1=50 | finished |" in swept and "| l1=100 | finished |" in swept
+    versions = client.search_model_versions(f"name='{MODEL_OF_TEAM}'")
+    assert sorted(int(v.version) for v in versions) == [1, 2, 3]  # the first, the continue, the sweep's best
+    assert client.get_model_version_by_alias(MODEL_OF_TEAM, "current").version == "3"  # the newest, whoever made it
+    (continued,) = [v for v in versions if v.tags["epoch"] == "3"]
+    assert client.get_run(continued.run_id).data.params["train.continue_from"] == f"models:/{MODEL_OF_TEAM}@current"
+    runs = client.search_runs([experiment])
+    assert len(runs) == 2 + 1 + 2  # two trainings, the sweep's parent and its two children
+    assert {run.info.status for run in runs} == {"FINISHED"}
+    for run in runs:
+        if run.data.tags.get("nectargan.sweep_role") != "parent":  # each epoch it trained, once
+            steps = [m.step for m in client.get_metric_history(run.info.run_id, "loss/d")]
+            assert sorted(steps) == ([3] if run.info.run_id == continued.run_id else [1, 2]), run.info.run_name
 
     inputs = sample_root / "test"  # aligned A|B pairs: the model's input is the A half
     model = f"models:/{MODEL_OF_TEAM}@current"
@@ -108,14 +186,9 @@ def test_team_postgres_mlflow_server_train_register_continue_predict_compare_swe
     assert sorted(p.name for p in (tmp_path / "predicted").iterdir()) == sorted(p.name for p in inputs.iterdir())
 
     nectargan("compare")
-    second = client.get_run(current.run_id)
+    second = client.get_run(continued.run_id)
     assert first.info.run_name in printed[-1] and second.info.run_name in printed[-1]
     assert (tmp_path / "outputs" / "compare" / "leaderboard.md").is_file()
-
-    nectargan("sweep", "-s", "train.loss.l1=50,100", "--name", "team")
-    assert "| l1=50 | finished |" in printed[-1] and "| l1=100 | finished |" in printed[-1]
-    runs = client.search_runs([experiment])
-    assert len(runs) == 2 + 1 + 2  # two trainings, the sweep's parent and its two children
 
     # Where the records are: runs in PostgreSQL, artifacts in the S3 bucket, nothing in the project.
     with psycopg.connect(_dsn(team_env, "mlflow")) as connection:

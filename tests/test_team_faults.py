@@ -1,6 +1,7 @@
 """Faults a team meets: the tracking server going away in the middle of a training, many trainings
-at once on one embedded store, and a Prefect server that does not take an artifact (its restart in
-the middle of a worker's flow run is in test_team.py's worker test, on the same servers)."""
+at once on one embedded store, and a Prefect server that does not take an artifact. On the team's
+servers, in test_team.py: PostgreSQL restarting under the MLflow server and trainings at once (its
+server test), and the Prefect server's restart in the middle of a worker's flow run (its worker test)."""
 
 import json
 import os

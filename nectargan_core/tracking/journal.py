@@ -28,7 +28,7 @@ from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 from PIL import Image
 
 from nectargan_core.layout import RunPaths
-from nectargan_core.tracking.tracker import Tracker, unreachable
+from nectargan_core.tracking.tracker import Tracker, server_error, unreachable
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class Journal:
                 "tracking server %s did not answer (%s): training goes on; what it could not log is kept in %s "
                 "and sent when it is back",
                 self.tracker.uri,
-                str(exc).splitlines()[0][:200],
+                server_error(exc),
                 self.paths.journal,
             )
         self.away = True

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -86,6 +87,14 @@ def unreachable(exc: BaseException) -> bool:
             "SERVICE_UNDER_MAINTENANCE",
         )
     return False
+
+
+def server_error(exc: BaseException) -> str:
+    """What the server answered, short: ``HTTP 503`` after MLflow's retries, else the error's first line."""
+    found = re.search(r"too many (\d{3}) error responses", str(exc))
+    if found:
+        return f"HTTP {found.group(1)}"
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def original_project(project_dir: Path) -> Path:
@@ -185,6 +194,11 @@ class Tracker:
         except Exception as exc:
             if not type(exc).__module__.startswith(("mlflow", "sqlalchemy", "alembic")):
                 raise
+            if not embedded(uri) and unreachable(exc):  # /health answered: the server is up, its store is not
+                raise TrackingUnavailable(
+                    f"tracking.uri {uri}: the MLflow server answers but its store does not ({server_error(exc)}): "
+                    "its database (PostgreSQL) is probably away or restarting; try again when it is back"
+                ) from None
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise TrackingUnavailable(
                 f"tracking store {uri}: {first}; if it is the embedded SQLite file, move it aside (the runs in it "
