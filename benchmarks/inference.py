@@ -150,7 +150,8 @@ def main() -> None:
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), onnxruntime {ort.__version__}; "
         f"load average {load}"
     )
-    print(f"generator: {args.params} {' '.join(args.overrides)}, {flops.get_total_flops() / 1e9:.1f} GFLOP per image")
+    source = " ".join([str(args.params), *args.overrides])
+    print(f"generator: {source}, {flops.get_total_flops() / 1e9:.1f} GFLOP per image")
     with tempfile.TemporaryDirectory() as folder:
         path = write_generator_onnx(generator, info, 0, Path(folder) / "generator.onnx")
         runs = variants(generator, path, args.threads)
