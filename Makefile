@@ -49,10 +49,8 @@ docs: $(STAMP)
 
 # Two workers, each module on one of them (its fixtures are set up once): the suite is mostly
 # single-threaded waits on processes and servers, so two share the two cores of a small machine.
-# --no-loadscope-reorder keeps conftest's order (longest modules first); xdist's own puts the
-# modules with the most tests first, which left the longest chain (the e2e module) to the end.
 test: lint
-	python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
+	python -m pytest -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache prefect-server.log
