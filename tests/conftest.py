@@ -26,28 +26,6 @@ hypothesis.settings.register_profile(
 hypothesis.settings.load_profile("nectargan")
 
 
-# The longest modules first (measured with --durations): `make test` hands whole modules to two
-# workers in collection order, and the longest one handed out last would leave the other worker idle.
-LONGEST_FIRST = (
-    "test_pipeline_e2e",
-    "test_team_faults",
-    "test_kill",
-    "test_signals",
-    "test_team",
-    "test_distributed",
-    "test_deployments",
-    "test_benchmarks",
-    "test_speed_settings",
-    "test_export_predict",
-)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Longest modules first; the order of the tests within a module stays as written."""
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.module.__name__.rsplit(".", 1)[-1], len(rank)))
-
-
 @pytest.fixture(scope="session", autouse=True)
 def away_from_the_checkout(tmp_path_factory) -> Iterator[Path]:
     """Every test starts in an empty folder with no team tracking server named: relative paths of the
